@@ -1,0 +1,6 @@
+//! proco-serve: serve a ProCo encoder with calibrated, prior-adjusted class probabilities.
+//!
+//! Data flows one way: HTTP -> decode/preprocess -> batcher -> encoder (ONNX Runtime)
+//! -> vMF engine -> response. `vmf` is the pure math (no I/O); everything else is plumbing.
+
+pub mod vmf;
