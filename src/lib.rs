@@ -4,3 +4,14 @@
 //! -> vMF engine -> response. `vmf` is the pure math (no I/O); everything else is plumbing.
 
 pub mod vmf;
+pub mod app;
+pub mod batcher;
+pub mod config;
+pub mod encoder;
+pub mod engine;
+pub mod http;
+pub mod manifest;
+pub mod preprocess;
+pub mod prototypes;
+pub mod reload;
+pub mod telemetry;

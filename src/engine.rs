@@ -1,0 +1,268 @@
+//! Encoder outputs -> calibrated, prior-adjusted class probabilities.
+//!
+//! This is the thin layer between the batcher and the pure vMF math (`crate::vmf`): it
+//! picks the rule and temperature per request, builds ln q for the requested prior
+//! (uniform, training, adaptive or explicit weights), computes the posterior
+//! softmax(g / T + ln q) and the top-k, and feeds the adaptive prior's EM.
+//!
+//! One batch is always scored against one prototypes snapshot, handed in by the caller.
+
+use std::sync::Mutex;
+
+use ndarray::{Array2, Axis};
+use serde::Serialize;
+
+use crate::encoder::EncoderOutput;
+use crate::prototypes::Prototypes;
+use crate::vmf::{self, AdaptivePrior, AdaptivePriorConfig, ModelError, Rule};
+
+/// The class prior q a request asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PriorSpec {
+    /// Balanced: every class equally likely.
+    Uniform,
+    /// The training distribution (counts / total).
+    Train,
+    /// The current EM estimate of the deployment distribution.
+    Adaptive,
+    /// Explicit weights, already checked (C positive numbers) and normalised.
+    Explicit(Vec<f64>),
+}
+
+impl PriorSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PriorSpec::Uniform => "uniform",
+            PriorSpec::Train => "train",
+            PriorSpec::Adaptive => "adaptive",
+            PriorSpec::Explicit(_) => "explicit",
+        }
+    }
+
+    /// Parses `uniform`, `train`, `adaptive`, or `C` comma-separated positive weights
+    /// (normalised here).
+    pub fn parse(s: &str, num_classes: usize) -> Result<PriorSpec, String> {
+        match s {
+            "uniform" => return Ok(PriorSpec::Uniform),
+            "train" => return Ok(PriorSpec::Train),
+            "adaptive" => return Ok(PriorSpec::Adaptive),
+            _ => {}
+        }
+        if !s.contains(',') && s.parse::<f64>().is_err() {
+            return Err(format!(
+                "unknown prior {s:?}: expected uniform, train, adaptive, or {num_classes} comma-separated positive weights"
+            ));
+        }
+        let weights: Vec<f64> = s
+            .split(',')
+            .map(|w| w.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("prior weights {s:?} are not all numbers"))?;
+        if weights.len() != num_classes {
+            return Err(format!(
+                "prior has {} weights, the model has {num_classes} classes",
+                weights.len()
+            ));
+        }
+        if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
+            return Err(format!("prior weight {w} is not a finite positive number"));
+        }
+        let total: f64 = weights.iter().sum();
+        Ok(PriorSpec::Explicit(weights.iter().map(|w| w / total).collect()))
+    }
+}
+
+/// What one request asks of the engine.
+#[derive(Clone, Debug)]
+pub struct RequestOptions {
+    pub rule: Rule,
+    pub prior: PriorSpec,
+    /// Already clamped to 1..=C.
+    pub top_k: usize,
+    /// Return the full posterior vector.
+    pub posterior: bool,
+}
+
+/// One class in a top-k list.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prediction {
+    pub label: String,
+    pub index: usize,
+    pub probability: f64,
+}
+
+/// The engine's answer for one image.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    pub rule: Rule,
+    pub temperature: f64,
+    pub prior_name: &'static str,
+    /// The prior vector used, for adaptive and explicit priors.
+    pub prior_used: Option<Vec<f64>>,
+    pub top: Vec<Prediction>,
+    pub posterior: Option<Vec<f64>>,
+    /// Index of the most probable class.
+    pub top1: usize,
+}
+
+struct AdaptiveState {
+    /// Prototypes version the estimate belongs to; a swap restarts the estimate.
+    version: String,
+    prior: AdaptivePrior,
+}
+
+/// Scores batches and keeps the adaptive prior.
+pub struct Engine {
+    adaptive_config: AdaptivePriorConfig,
+    /// The rule whose calibrated logits feed the adaptive prior.
+    adaptive_rule: Rule,
+    adaptive: Mutex<Option<AdaptiveState>>,
+}
+
+impl Engine {
+    pub fn new(adaptive_config: AdaptivePriorConfig, adaptive_rule: Rule) -> Self {
+        Engine {
+            adaptive_config,
+            adaptive_rule,
+            adaptive: Mutex::new(None),
+        }
+    }
+
+    /// The current adaptive estimate for these prototypes (the training prior until enough
+    /// images were seen) and the number of images in its window.
+    pub fn adaptive_estimate(&self, protos: &Prototypes) -> (Vec<f64>, usize) {
+        let mut guard = self.adaptive.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state_for(&mut guard, protos);
+        (state.prior.estimate().to_vec(), state.prior.samples())
+    }
+
+    fn state_for<'a>(
+        &self,
+        guard: &'a mut Option<AdaptiveState>,
+        protos: &Prototypes,
+    ) -> &'a mut AdaptiveState {
+        if guard.as_ref().is_none_or(|s| s.version != protos.version) {
+            *guard = Some(AdaptiveState {
+                version: protos.version.clone(),
+                prior: AdaptivePrior::new(self.adaptive_config.clone(), protos.classes.train_prior()),
+            });
+        }
+        guard.as_mut().expect("just set")
+    }
+
+    /// Scores every row of `out`; `options[i]` applies to row i. Uses and then updates the
+    /// adaptive prior (the estimate used is the one from before this batch).
+    pub fn score(
+        &self,
+        protos: &Prototypes,
+        out: &EncoderOutput,
+        options: &[&RequestOptions],
+    ) -> Result<Vec<Scored>, ModelError> {
+        let n = out.feature.nrows();
+        assert_eq!(options.len(), n, "one options entry per row");
+        let c = protos.classes.num_classes();
+
+        // Balanced logits once per distinct rule (each is one C x p product for the batch).
+        let mut logits: Vec<(Rule, Array2<f64>)> = Vec::new();
+        let need = |rule: Rule, logits: &mut Vec<(Rule, Array2<f64>)>| -> Result<(), ModelError> {
+            if !logits.iter().any(|(r, _)| *r == rule) {
+                let g = protos.classes.balanced_logits(
+                    rule,
+                    out.feature.view(),
+                    Some(out.logits.view()),
+                )?;
+                logits.push((rule, g));
+            }
+            Ok(())
+        };
+        for o in options {
+            need(o.rule, &mut logits)?;
+        }
+        need(self.adaptive_rule, &mut logits)?;
+        let g_of = |rule: Rule| &logits.iter().find(|(r, _)| *r == rule).expect("computed").1;
+
+        let mut guard = self.adaptive.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state_for(&mut guard, protos);
+        let adaptive_q = state.prior.estimate().to_vec();
+
+        let uniform_log = vec![0.0; c];
+        let adaptive_log: Vec<f64> = adaptive_q.iter().map(|q| q.ln()).collect();
+        let mut results = Vec::with_capacity(n);
+        for (i, o) in options.iter().enumerate() {
+            let temperature = protos.temperature(o.rule);
+            let explicit_log: Vec<f64>;
+            let (log_q, prior_used): (&[f64], Option<Vec<f64>>) = match &o.prior {
+                PriorSpec::Uniform => (&uniform_log, None),
+                PriorSpec::Train => (protos.classes.log_train_prior(), None),
+                PriorSpec::Adaptive => (&adaptive_log, Some(adaptive_q.clone())),
+                PriorSpec::Explicit(w) => {
+                    explicit_log = w.iter().map(|q| q.ln()).collect();
+                    (&explicit_log, Some(w.clone()))
+                }
+            };
+            let g = g_of(o.rule);
+            let row = g.row(i).insert_axis(Axis(0));
+            let p = vmf::posterior(row, temperature, log_q);
+            let probs: Vec<f64> = p.row(0).to_vec();
+            let top = top_k(&probs, o.top_k, protos.classes.labels());
+            results.push(Scored {
+                rule: o.rule,
+                temperature,
+                prior_name: o.prior.name(),
+                prior_used,
+                top1: top[0].index,
+                top,
+                posterior: o.posterior.then_some(probs),
+            });
+        }
+
+        // Feed the adaptive prior with this batch's calibrated rows of its rule.
+        let g = g_of(self.adaptive_rule);
+        let t = protos.temperature(self.adaptive_rule);
+        for row in g.rows() {
+            let calibrated: Vec<f64> = row.iter().map(|v| v / t).collect();
+            state.prior.observe(&calibrated);
+        }
+        Ok(results)
+    }
+}
+
+/// The k most probable classes, most probable first (ties: lower index first).
+pub fn top_k(probs: &[f64], k: usize, labels: &[String]) -> Vec<Prediction> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(k.clamp(1, probs.len().max(1)))
+        .map(|i| Prediction {
+            label: labels[i].clone(),
+            index: i,
+            probability: probs[i],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prior_parsing() {
+        assert_eq!(PriorSpec::parse("train", 3), Ok(PriorSpec::Train));
+        assert_eq!(
+            PriorSpec::parse("1,1,2", 3),
+            Ok(PriorSpec::Explicit(vec![0.25, 0.25, 0.5]))
+        );
+        assert!(PriorSpec::parse("1,2", 3).is_err());
+        assert!(PriorSpec::parse("1,0,2", 3).is_err());
+        assert!(PriorSpec::parse("1,x,2", 3).is_err());
+        assert!(PriorSpec::parse("bogus", 3).unwrap_err().contains("unknown prior"));
+    }
+
+    #[test]
+    fn top_k_orders_and_clamps() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let t = top_k(&[0.2, 0.5, 0.3], 10, &labels);
+        assert_eq!(t.iter().map(|p| p.index).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!(top_k(&[0.2, 0.5, 0.3], 1, &labels)[0].label, "b");
+    }
+}

@@ -1,0 +1,152 @@
+//! The one error type every handler returns, and its one mapping to HTTP.
+//!
+//! Every error body is `{"error": {"code": "...", "message": "..."}}`. `code` is stable and
+//! meant for programs; `message` is for people. Client mistakes are always 4xx: nothing a
+//! client sends can produce a 500.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::preprocess::DecodeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 empty_body: no bytes where an image was expected.
+    #[error("{0}")]
+    EmptyBody(String),
+    /// 415 unsupported_media_type: Content-Type is not image/*, octet-stream or multipart.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422 invalid_image: not an image we can decode (garbage, truncated, zero-sized...).
+    #[error("{0}")]
+    InvalidImage(String),
+    /// 413 image_too_large: more pixels than `max_pixels` (checked before decoding).
+    #[error("{0}")]
+    ImageTooLarge(String),
+    /// 413 body_too_large: request body over `max_body_bytes`.
+    #[error("{0}")]
+    BodyTooLarge(String),
+    /// 413 too_many_images: more multipart parts than `max_images_per_request`.
+    #[error("{0}")]
+    TooManyImages(String),
+    /// 400 invalid_multipart: a malformed multipart body.
+    #[error("{0}")]
+    InvalidMultipart(String),
+    /// 400 invalid_rule.
+    #[error("{0}")]
+    InvalidRule(String),
+    /// 400 invalid_prior.
+    #[error("{0}")]
+    InvalidPrior(String),
+    /// 400 invalid_top_k.
+    #[error("{0}")]
+    InvalidTopK(String),
+    /// 400 invalid_parameter: any other bad query parameter.
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// 401 unauthorized: admin endpoint without the right bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403 admin_disabled: no admin token configured.
+    #[error("{0}")]
+    AdminDisabled(String),
+    /// 422 invalid_prototypes: an admin reload found an invalid file (still serving the old).
+    #[error("{0}")]
+    InvalidPrototypes(String),
+    /// 503 queue_full, with Retry-After.
+    #[error("{0}")]
+    QueueFull(String),
+    /// 503 not_ready: the model is still loading.
+    #[error("{0}")]
+    NotReady(String),
+    /// 404 not_found.
+    #[error("{0}")]
+    NotFound(String),
+    /// 500 internal: our fault (the inference thread failed).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            EmptyBody(_) | InvalidMultipart(_) | InvalidRule(_) | InvalidPrior(_)
+            | InvalidTopK(_) | InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            InvalidImage(_) | InvalidPrototypes(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ImageTooLarge(_) | BodyTooLarge(_) | TooManyImages(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AdminDisabled(_) => StatusCode::FORBIDDEN,
+            NotFound(_) => StatusCode::NOT_FOUND,
+            QueueFull(_) | NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            EmptyBody(_) => "empty_body",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            InvalidImage(_) => "invalid_image",
+            ImageTooLarge(_) => "image_too_large",
+            BodyTooLarge(_) => "body_too_large",
+            TooManyImages(_) => "too_many_images",
+            InvalidMultipart(_) => "invalid_multipart",
+            InvalidRule(_) => "invalid_rule",
+            InvalidPrior(_) => "invalid_prior",
+            InvalidTopK(_) => "invalid_top_k",
+            InvalidParameter(_) => "invalid_parameter",
+            Unauthorized(_) => "unauthorized",
+            AdminDisabled(_) => "admin_disabled",
+            InvalidPrototypes(_) => "invalid_prototypes",
+            QueueFull(_) => "queue_full",
+            NotReady(_) => "not_ready",
+            NotFound(_) => "not_found",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// Maps a decode failure of the image called `what` (e.g. `part "a" (a.jpg)`).
+    pub fn from_decode(e: DecodeError, what: Option<&str>) -> ApiError {
+        let msg = match what {
+            Some(w) => format!("{w}: {e}"),
+            None => e.to_string(),
+        };
+        match e {
+            DecodeError::Empty => ApiError::EmptyBody(msg),
+            DecodeError::TooLarge { .. } => ApiError::ImageTooLarge(msg),
+            _ => ApiError::InvalidImage(msg),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() && !matches!(self, ApiError::QueueFull(_) | ApiError::NotReady(_)) {
+            tracing::error!(code = self.code(), "{self}");
+        } else {
+            tracing::debug!(code = self.code(), status = status.as_u16(), "{self}");
+        }
+        let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
+        let mut response = (status, body).into_response();
+        match self {
+            ApiError::QueueFull(_) | ApiError::NotReady(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,70 @@
+//! HTTP API: routes, the request-metrics layer, and the JSON error type.
+//!
+//! | route | handler |
+//! |---|---|
+//! | `POST /v1/classify` | [`classify::classify`] |
+//! | `GET /v1/model` | [`info::model`] |
+//! | `GET /health/live`, `GET /health/ready` | [`info::live`], [`info::ready`] |
+//! | `GET /metrics` | [`info::metrics`] |
+//! | `POST /admin/reload` | [`info::admin_reload`] |
+
+pub mod classify;
+pub mod error;
+pub mod info;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::app::AppState;
+pub use error::ApiError;
+
+/// The application's routes. Body size limits are enforced by the handlers themselves
+/// (so the error is our JSON), hence axum's default limit is disabled.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/classify", post(classify::classify))
+        .route("/v1/model", get(info::model))
+        .route("/health/live", get(info::live))
+        .route("/health/ready", get(info::ready))
+        .route("/metrics", get(info::metrics))
+        .route("/admin/reload", post(info::admin_reload))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// Counts every response in `proco_http_requests_total{route,status}` and times it in
+/// `proco_request_duration_seconds{route}`. The route is the matched pattern, never the raw
+/// path, so label cardinality stays bounded.
+async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,54 @@
+//! Command line: `proco-serve` (serve, the default) and `proco-serve eval`.
+//!
+//! Every serve setting is a flag, an environment variable and a key of the TOML config,
+//! with one name (see `config.rs`); `proco-serve --help` lists them.
+
+use clap::{Parser, Subcommand};
+
+use proco_serve::config::{Config, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "proco-serve", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the model over HTTP (the default when no command is given).
+    Serve(ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let config = match Config::resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("proco-serve: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    proco_serve::telemetry::init_logging(&config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("proco-serve: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(proco_serve::app::serve(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("proco-serve: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Image bytes -> the encoder's input tensor.
+//!
+//! Decoding untrusted bytes is where a server gets hurt, so every check happens here,
+//! in this order, before any large allocation:
+//! 1. the format is sniffed from the bytes (JPEG, PNG, WebP, GIF, BMP; nothing else);
+//! 2. the file must be complete: the `image` crate happily decodes a JPEG cut off in the
+//!    middle (even with no scan data at all) as a valid grey image, so we check end
+//!    markers ourselves (JPEG EOI, PNG IEND, GIF trailer, RIFF size for WebP);
+//! 3. the dimensions are read from the header, and zero-sized or over-`max_pixels` images
+//!    are refused before decoding; the decoder also gets an allocation limit;
+//! 4. decode, apply EXIF orientation, convert anything (grey, alpha, 16-bit, palette) to
+//!    RGB8 (alpha is dropped, not composited);
+//! 5. resize as `model.toml` says (shorter side, then centre crop, triangle filter) and
+//!    lay out as CHW float32 in [0, 1] (normalisation is inside the ONNX graph).
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+
+use crate::manifest::{ModelManifest, ResizePolicy};
+
+/// Limits applied to every image.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLimits {
+    /// Largest width x height accepted.
+    pub max_pixels: u64,
+    /// Largest allocation the decoder may make, in bytes.
+    pub max_alloc: u64,
+}
+
+impl DecodeLimits {
+    /// Allocation budget derived from the pixel budget (16-bit RGBA is 8 bytes a pixel).
+    pub fn from_max_pixels(max_pixels: u64) -> Self {
+        DecodeLimits {
+            max_pixels,
+            max_alloc: max_pixels.saturating_mul(8).max(64 << 20),
+        }
+    }
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self::from_max_pixels(40_000_000)
+    }
+}
+
+/// Why an image was refused. Every variant is the client's fault (a 4xx).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the image is empty")]
+    Empty,
+    #[error("not a JPEG, PNG, WebP, GIF or BMP image")]
+    UnknownFormat,
+    #[error("{0} images are not supported (JPEG, PNG, WebP, GIF, BMP are)")]
+    UnsupportedFormat(String),
+    #[error("the {0} image is truncated: {1}")]
+    Truncated(&'static str, String),
+    #[error("the image has zero width or height ({0}x{1})")]
+    ZeroSize(u32, u32),
+    #[error("the image is {width}x{height} = {pixels} pixels, more than the limit of {max}")]
+    TooLarge {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
+    #[error("the image cannot be decoded: {0}")]
+    Invalid(String),
+}
+
+/// Sniffs and checks the format and completeness of `bytes`.
+fn check_container(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| DecodeError::UnknownFormat)?;
+    match format {
+        ImageFormat::Jpeg => {
+            let end = trim_trailing_zeros(bytes);
+            if !end.ends_with(&[0xFF, 0xD9]) {
+                return Err(DecodeError::Truncated(
+                    "JPEG",
+                    "no end-of-image marker (FF D9)".into(),
+                ));
+            }
+        }
+        ImageFormat::Png => {
+            // The IEND chunk: length 0, type "IEND", CRC AE 42 60 82.
+            const IEND: [u8; 8] = [b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+            if !bytes.windows(IEND.len()).rev().take(4096).any(|w| w == IEND) {
+                return Err(DecodeError::Truncated("PNG", "no IEND chunk".into()));
+            }
+        }
+        ImageFormat::Gif => {
+            if trim_trailing_zeros(bytes).last() != Some(&0x3B) {
+                return Err(DecodeError::Truncated("GIF", "no trailer byte (3B)".into()));
+            }
+        }
+        ImageFormat::WebP => {
+            if bytes.len() < 12 {
+                return Err(DecodeError::Truncated("WebP", "shorter than its header".into()));
+            }
+            let riff = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as u64 + 8;
+            if (bytes.len() as u64) < riff {
+                return Err(DecodeError::Truncated(
+                    "WebP",
+                    format!("header says {riff} bytes, got {}", bytes.len()),
+                ));
+            }
+        }
+        ImageFormat::Bmp => {
+            if bytes.len() < 14 {
+                return Err(DecodeError::Truncated("BMP", "shorter than its header".into()));
+            }
+            let size = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]) as u64;
+            if size != 0 && (bytes.len() as u64) < size {
+                return Err(DecodeError::Truncated(
+                    "BMP",
+                    format!("header says {size} bytes, got {}", bytes.len()),
+                ));
+            }
+        }
+        other => {
+            return Err(DecodeError::UnsupportedFormat(
+                other.extensions_str().first().copied().unwrap_or("this").to_uppercase(),
+            ))
+        }
+    }
+    Ok(format)
+}
+
+fn trim_trailing_zeros(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
+fn reader<'a>(
+    bytes: &'a [u8],
+    format: ImageFormat,
+    limits: &DecodeLimits,
+) -> ImageReader<Cursor<&'a [u8]>> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut l = image::Limits::default();
+    l.max_alloc = Some(limits.max_alloc);
+    reader.limits(l);
+    reader
+}
+
+/// Reads the dimensions from the header only, after the container checks.
+pub fn dimensions(bytes: &[u8], limits: &DecodeLimits) -> Result<(u32, u32), DecodeError> {
+    let format = check_container(bytes)?;
+    header_dimensions(bytes, format, limits)
+}
+
+fn header_dimensions(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &DecodeLimits,
+) -> Result<(u32, u32), DecodeError> {
+    let (w, h) = reader(bytes, format, limits)
+        .into_dimensions()
+        .map_err(map_image_error)?;
+    if w == 0 || h == 0 {
+        return Err(DecodeError::ZeroSize(w, h));
+    }
+    let pixels = w as u64 * h as u64;
+    if pixels > limits.max_pixels {
+        return Err(DecodeError::TooLarge {
+            width: w,
+            height: h,
+            pixels,
+            max: limits.max_pixels,
+        });
+    }
+    Ok((w, h))
+}
+
+fn map_image_error(e: image::ImageError) -> DecodeError {
+    match e {
+        image::ImageError::Limits(l) => DecodeError::Invalid(format!("decoder limit: {l}")),
+        image::ImageError::Unsupported(u) => DecodeError::Invalid(u.to_string()),
+        other => DecodeError::Invalid(other.to_string()),
+    }
+}
+
+/// Decodes one image to RGB8 with its EXIF orientation applied, refusing anything
+/// incomplete, empty or larger than `limits` before decoding it.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+    let format = check_container(bytes)?;
+    let (w, h) = header_dimensions(bytes, format, limits)?;
+    let mut decoder = reader(bytes, format, limits)
+        .into_decoder()
+        .map_err(map_image_error)?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
+    if img.width() != w || img.height() != h || img.width() == 0 || img.height() == 0 {
+        return Err(DecodeError::Invalid(format!(
+            "decoded size {}x{} differs from the header's {w}x{h}",
+            img.width(),
+            img.height()
+        )));
+    }
+    img.apply_orientation(orientation);
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// Resizes as the manifest says: shorter side to the target, then centre crop (or stretch).
+pub fn resize_for(img: &RgbImage, manifest: &ModelManifest) -> RgbImage {
+    let (tw, th) = (manifest.input.width, manifest.input.height);
+    let (w, h) = img.dimensions();
+    if (w, h) == (tw, th) {
+        return img.clone();
+    }
+    match manifest.resize {
+        ResizePolicy::Stretch => image::imageops::resize(img, tw, th, manifest.filter),
+        ResizePolicy::ShorterSideThenCenterCrop => {
+            // Scale so that both sides cover the target, the shorter one exactly.
+            let scale = f64::max(tw as f64 / w as f64, th as f64 / h as f64);
+            let nw = ((w as f64 * scale).round() as u32).max(tw);
+            let nh = ((h as f64 * scale).round() as u32).max(th);
+            let resized = if (nw, nh) == (w, h) {
+                img.clone()
+            } else {
+                image::imageops::resize(img, nw, nh, manifest.filter)
+            };
+            let x = (nw - tw) / 2;
+            let y = (nh - th) / 2;
+            image::imageops::crop_imm(&resized, x, y, tw, th).to_image()
+        }
+    }
+}
+
+/// Resizes and lays out one image as CHW float32 in [0, 1]: `3 * height * width` values.
+pub fn to_chw(img: &RgbImage, manifest: &ModelManifest) -> Vec<f32> {
+    let img = resize_for(img, manifest);
+    let (w, h) = img.dimensions();
+    let plane = (w * h) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let src = if manifest.bgr { 2 - c } else { c };
+            out[c * plane + i] = px.0[src] as f32 / 255.0;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, format).unwrap();
+        buf.into_inner()
+    }
+
+    fn sample() -> DynamicImage {
+        DynamicImage::ImageRgb8(RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, 128])
+        }))
+    }
+
+    #[test]
+    fn decodes_all_supported_formats() {
+        let limits = DecodeLimits::default();
+        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Bmp, ImageFormat::Gif] {
+            let bytes = encode(&sample(), format);
+            let img = decode(&bytes, &limits).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            assert_eq!(img.dimensions(), (40, 30), "{format:?}");
+        }
+        let lossless = encode(&sample(), ImageFormat::WebP);
+        assert_eq!(decode(&lossless, &limits).unwrap().dimensions(), (40, 30));
+    }
+
+    #[test]
+    fn grey_alpha_16bit_become_rgb8() {
+        let limits = DecodeLimits::default();
+        let grey16 = DynamicImage::ImageLuma16(image::ImageBuffer::from_pixel(5, 4, image::Luma([65535u16])));
+        let img = decode(&encode(&grey16, ImageFormat::Png), &limits).unwrap();
+        assert_eq!(img.get_pixel(0, 0).0, [255, 255, 255]);
+        let rgba = DynamicImage::ImageRgba8(image::ImageBuffer::from_pixel(5, 4, image::Rgba([10, 20, 30, 0])));
+        let img = decode(&encode(&rgba, ImageFormat::Png), &limits).unwrap();
+        assert_eq!(img.get_pixel(0, 0).0, [10, 20, 30]);
+    }
+
+    #[test]
+    fn refuses_truncated_and_garbage() {
+        let limits = DecodeLimits::default();
+        assert_eq!(decode(b"", &limits), Err(DecodeError::Empty));
+        assert_eq!(decode(b"hello world", &limits), Err(DecodeError::UnknownFormat));
+        let jpeg = encode(&sample(), ImageFormat::Jpeg);
+        assert!(matches!(decode(&jpeg[..jpeg.len() / 2], &limits), Err(DecodeError::Truncated(..))));
+        // Only the header: the image crate alone would return a grey image.
+        assert!(matches!(decode(&jpeg[..200], &limits), Err(DecodeError::Truncated(..))));
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(&[0, 0, 0]);
+        assert!(decode(&padded, &limits).is_ok());
+        let png = encode(&sample(), ImageFormat::Png);
+        assert!(matches!(decode(&png[..png.len() - 20], &limits), Err(DecodeError::Truncated(..))));
+    }
+
+    #[test]
+    fn refuses_oversized_header_before_decoding() {
+        // A valid PNG signature + IHDR claiming 100000 x 100000, then IEND.
+        let bytes = png_header(100_000, 100_000);
+        match decode(&bytes, &DecodeLimits::default()) {
+            Err(DecodeError::TooLarge { pixels, .. }) => assert_eq!(pixels, 10_000_000_000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A PNG with only a header (IHDR) and IEND, for size checks.
+    pub fn png_header(w: u32, h: u32) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let mut crc_input = kind.to_vec();
+            crc_input.extend_from_slice(data);
+            out.extend_from_slice(&crc_input);
+            out.extend_from_slice(&crc32(&crc_input).to_be_bytes());
+        }
+        let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&w.to_be_bytes());
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // Orientation 6 (rotate 90 clockwise): a 4x2 image becomes 2x4.
+        let jpeg = encode(&DynamicImage::ImageRgb8(RgbImage::new(4, 2)), ImageFormat::Jpeg);
+        let exif: Vec<u8> = {
+            let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+            tiff.extend_from_slice(&1u16.to_be_bytes()); // one IFD entry
+            tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+            tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+            tiff.extend_from_slice(&1u32.to_be_bytes());
+            tiff.extend_from_slice(&[0, 6, 0, 0]);
+            tiff.extend_from_slice(&0u32.to_be_bytes());
+            let mut app1 = b"Exif\0\0".to_vec();
+            app1.extend_from_slice(&tiff);
+            let mut seg = vec![0xFF, 0xE1];
+            seg.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+            seg.extend_from_slice(&app1);
+            seg
+        };
+        let mut with_exif = jpeg[..2].to_vec();
+        with_exif.extend_from_slice(&exif);
+        with_exif.extend_from_slice(&jpeg[2..]);
+        let img = decode(&with_exif, &DecodeLimits::default()).unwrap();
+        assert_eq!(img.dimensions(), (2, 4));
+    }
+}
