@@ -1,0 +1,103 @@
+"""CIFAR-10-LT from the JPEG copy of CIFAR-10: decoding, the long-tailed subset and a held-out split.
+
+The decoded images are kept in memory as uint8 arrays (60,000 x 32 x 32 x 3 = 184 MB) and cached as
+an .npz next to the source, so augmentation never touches the disk.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IMBALANCE = 0.01  # n_min / n_max: the ProCo paper's headline CIFAR-10-LT setting
+N_MAX = 5000
+VAL_PER_CLASS = 100
+SEED = 0  # numpy seed of the per-class shuffle, as in the official CIFAR-LT code
+
+
+def lt_counts(n_max: int = N_MAX, imbalance: float = IMBALANCE, classes: int = 10) -> list[int]:
+    """int(n_max * imb^(i/(C-1))): 5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50."""
+    return [int(n_max * imbalance ** (i / (classes - 1))) for i in range(classes)]
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.uint8)
+
+
+def _read_members(source: str):
+    """Yield (split, class, file name, bytes) from a .tar.xz archive or an unpacked folder."""
+    if os.path.isdir(source):
+        for split in ("train", "test"):
+            for cls in CLASSES:
+                folder = os.path.join(source, split, cls)
+                for name in sorted(os.listdir(folder)):
+                    with open(os.path.join(folder, name), "rb") as f:
+                        yield split, cls, name, f.read()
+        return
+    with tarfile.open(source) as tar:
+        for m in tar:
+            parts = m.name.strip("./").split("/")
+            if m.isfile() and len(parts) >= 3 and parts[-3] in ("train", "test") and parts[-2] in CLASSES:
+                yield parts[-3], parts[-2], parts[-1], tar.extractfile(m).read()
+
+
+@dataclass
+class Cifar10:
+    train_x: np.ndarray  # [50000, 32, 32, 3] uint8, class-major, file-name order within a class
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    train_names: list
+    test_names: list
+
+
+def load_cifar10(source: str, cache: str | None = None, workers: int | None = None) -> Cifar10:
+    """Decode every image once; later runs read the cache."""
+    if cache and os.path.exists(cache):
+        z = np.load(cache, allow_pickle=False)
+        return Cifar10(z["train_x"], z["train_y"], z["test_x"], z["test_y"],
+                       list(z["train_names"]), list(z["test_names"]))
+    items = {"train": [], "test": []}
+    for split, cls, name, blob in _read_members(source):
+        items[split].append((CLASSES.index(cls), name, blob))
+    out = {}
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        for split, rows in items.items():
+            rows.sort(key=lambda r: (r[0], r[1]))
+            xs = list(pool.map(_decode, [r[2] for r in rows], chunksize=512))
+            out[split] = (np.stack(xs), np.array([r[0] for r in rows], dtype=np.int64),
+                          [f"{CLASSES[r[0]]}/{r[1]}" for r in rows])
+    data = Cifar10(out["train"][0], out["train"][1], out["test"][0], out["test"][1], out["train"][2], out["test"][2])
+    if cache:
+        os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+        np.savez(cache, train_x=data.train_x, train_y=data.train_y, test_x=data.test_x, test_y=data.test_y,
+                 train_names=np.array(data.train_names), test_names=np.array(data.test_names))
+    return data
+
+
+def long_tailed_split(train_y: np.ndarray, seed: int = SEED, val_per_class: int = VAL_PER_CLASS):
+    """Indices of the LT training subset and of a balanced validation set.
+
+    As in the official code, each class's indices are shuffled with numpy seed 0 and the first n_i
+    are kept. The validation images come from the training images the LT subset did not keep. Class 0
+    keeps all 5,000 of its images, so nothing would be left for it: its last 100 kept images are moved
+    to validation instead, and class 0 trains on 4,900 (12,306 training images in all, imbalance 98).
+    """
+    rng = np.random.RandomState(seed)
+    counts = lt_counts(classes=int(train_y.max()) + 1)
+    train_idx, val_idx = [], []
+    for c, n in enumerate(counts):
+        idx = np.where(train_y == c)[0]
+        rng.shuffle(idx)
+        kept, rest = idx[:n], idx[n:]
+        if len(rest) < val_per_class:
+            kept, rest = kept[: n - val_per_class], np.concatenate([kept[n - val_per_class:], rest])
+        train_idx.append(kept)
+        val_idx.append(rest[:val_per_class])
+    return np.concatenate(train_idx), np.concatenate(val_idx)
