@@ -19,6 +19,7 @@ def encode(sess: ort.InferenceSession, images_u8: np.ndarray, batch: int = 500, 
     for i in range(0, len(images_u8), batch):
         z, f, h = sess.run(["feature", "logits", "embedding"], {"image": to_input(images_u8[i:i + batch])})
         feats.append(z), logits.append(f), embs.append(h)
-        print(f"\r  encoding {label}: {min(i + batch, len(images_u8))}/{len(images_u8)}", end="", flush=True)
-    print(flush=True)
+        done = min(i + batch, len(images_u8))
+        if done == len(images_u8) or (done // batch) % 5 == 0:
+            print(f"  encoding {label}: {done}/{len(images_u8)} images", flush=True)
     return np.concatenate(feats), np.concatenate(logits), np.concatenate(embs)
