@@ -1,0 +1,102 @@
+//! Cost of the vMF math alone (no encoder): `log_iv` per call, and balanced logits + posterior per
+//! image for CIFAR-10 (10 x 128), a 1000-class model (1000 x 128) and an iNaturalist-2018-sized one
+//! (8142 x 1024), at batch 1 and 64, for every rule. Inputs are random unit vectors from a fixed-seed
+//! LCG. Run with `scripts/bench-vmf.sh`; results are in BENCHMARKS.md.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ndarray::Array2;
+use proco_serve::vmf::{log_bessel_ratio, log_iv, posterior, ClassModel, Rule};
+
+/// Knuth's MMIX LCG; the top 53 bits as a uniform in [0, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform().max(1e-300), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+    fn unit(&mut self, p: usize) -> Vec<f64> {
+        let v: Vec<f64> = (0..p).map(|_| self.normal()).collect();
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+}
+
+fn model(rng: &mut Lcg, c: usize, p: usize) -> ClassModel {
+    let labels = (0..c).map(|i| format!("class{i}")).collect();
+    let mu = (0..c).map(|_| rng.unit(p)).collect();
+    // kappa from 10 to 1e5 (ProCo's clamp), counts long-tailed with imbalance 100.
+    let kappa = (0..c)
+        .map(|i| 10f64.powf(1.0 + 4.0 * i as f64 / c as f64))
+        .collect();
+    let counts = (0..c)
+        .map(|i| (5000.0 * 0.01f64.powf(i as f64 / (c - 1) as f64)).floor())
+        .collect();
+    ClassModel::new(labels, p, 0.1, 1.0, mu, kappa, counts).expect("valid synthetic model")
+}
+
+fn bench_bessel(c: &mut Criterion) {
+    let mut group = c.benchmark_group("log_iv");
+    // One point per branch of the dispatch: power series, ratio recurrence, Debye (small and large order).
+    for (name, nu, x) in [
+        ("series nu=0.5 x=5", 0.5, 5.0),
+        ("recurrence nu=15 x=100", 15.0, 100.0),
+        ("debye nu=63 x=606", 63.0, 606.3),
+        ("debye nu=511 x=1e5", 511.0, 1e5),
+    ] {
+        group.bench_function(name, |b| b.iter(|| log_iv(black_box(nu), black_box(x))));
+    }
+    group.bench_function("ratio debye nu=63 x=606", |b| {
+        b.iter(|| log_bessel_ratio(black_box(63.0), black_box(606.3)))
+    });
+    group.finish();
+}
+
+fn bench_posterior(c: &mut Criterion) {
+    let mut rng = Lcg(0x5eed);
+    for (classes, dim) in [(10usize, 128usize), (1000, 128), (8142, 1024)] {
+        let m = model(&mut rng, classes, dim);
+        let log_q = m.log_train_prior().to_vec();
+        let mut group = c.benchmark_group(format!("posterior C={classes} p={dim}"));
+        if classes * dim > 1_000_000 {
+            group.sample_size(10);
+        }
+        for batch in [1usize, 64] {
+            let z = Array2::from_shape_vec(
+                (batch, dim),
+                (0..batch)
+                    .flat_map(|_| rng.unit(dim))
+                    .map(|v| v as f32)
+                    .collect(),
+            )
+            .unwrap();
+            let f = Array2::from_shape_fn((batch, classes), |_| rng.normal() as f32);
+            group.throughput(Throughput::Elements(batch as u64));
+            for rule in Rule::ALL {
+                group.bench_with_input(
+                    BenchmarkId::new(rule.to_string(), format!("batch {batch}")),
+                    &rule,
+                    |b, &rule| {
+                        b.iter(|| {
+                            let g = m.balanced_logits(rule, z.view(), Some(f.view())).unwrap();
+                            posterior(g.view(), 1.5, &log_q)
+                        })
+                    },
+                );
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_bessel, bench_posterior);
+criterion_main!(benches);
