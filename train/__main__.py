@@ -71,7 +71,7 @@ def gpu_all(a):
     load_cifar10(a.data, a.cache)
     print(f"decoded CIFAR-10 in {time.time() - t0:.1f}s", flush=True)
     cores = os.cpu_count() or 4
-    share = {"proco": max(2, cores - 6), "la": max(1, cores // 8 + 1), "ce": max(1, cores // 8 + 1)}
+    share = {"proco": max(1, cores // 3 + 1), "la": max(1, cores // 4), "ce": max(1, cores // 4)}
     procs = []
     for method, workers in share.items():
         budget = None if a.time_budget is None else a.time_budget - (time.time() - t0)
