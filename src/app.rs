@@ -79,9 +79,8 @@ pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
     let feature_dim = encoder.feature_dim();
     let num_classes = encoder.num_classes();
     let store = Arc::new(
-        PrototypeStore::open(&manifest.prototypes_path, feature_dim, num_classes).with_context(
-            || format!("cannot use {}", manifest.prototypes_path.display()),
-        )?,
+        PrototypeStore::open(&manifest.prototypes_path, feature_dim, num_classes)
+            .with_context(|| format!("cannot use {}", manifest.prototypes_path.display()))?,
     );
     let snapshot = store.snapshot();
     match (&fallback_reason, config.execution_provider) {
@@ -122,7 +121,10 @@ pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
         .iter()
         .zip(snapshot.classes.train_prior())
     {
-        metrics.adaptive_prior.with_label_values(&[label.as_str()]).set(q);
+        metrics
+            .adaptive_prior
+            .with_label_values(&[label.as_str()])
+            .set(q);
     }
 
     let engine = Arc::new(Engine::new(
@@ -199,7 +201,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 let _ = fail_tx.send(e).await;
             }
             Err(join) => {
-                let _ = fail_tx.send(anyhow::anyhow!("model loading panicked: {join}")).await;
+                let _ = fail_tx
+                    .send(anyhow::anyhow!("model loading panicked: {join}"))
+                    .await;
             }
         }
     });

@@ -14,7 +14,7 @@
 //! version, whatever reloads happen meanwhile.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,10 +166,7 @@ fn run(
                     if now >= deadline {
                         None
                     } else {
-                        match rx.recv_timeout(deadline - now) {
-                            Ok(job) => Some(job),
-                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                        }
+                        rx.recv_timeout(deadline - now).ok()
                     }
                 }
             };
@@ -272,7 +269,10 @@ fn process(
     }
     let (estimate, samples) = engine.adaptive_estimate(&prototypes);
     for (label, q) in prototypes.classes.labels().iter().zip(&estimate) {
-        metrics.adaptive_prior.with_label_values(&[label.as_str()]).set(*q);
+        metrics
+            .adaptive_prior
+            .with_label_values(&[label.as_str()])
+            .set(*q);
     }
     metrics.adaptive_samples.set(samples as f64);
 

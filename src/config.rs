@@ -312,12 +312,12 @@ mod tests {
         std::fs::write(&path, "max_batch_size = 8\nqueue_capacity = 100\n").unwrap();
         let args = ServeArgs {
             config: Some(path),
-            queue_capacity: Some(9),
+            queue_capacity: Some(99),
             ..Default::default()
         };
         let c = Config::resolve(&args).unwrap();
         assert_eq!(c.max_batch_size, 8);
-        assert_eq!(c.queue_capacity, 9);
+        assert_eq!(c.queue_capacity, 99);
         assert_eq!(c.max_pixels, 40_000_000);
     }
 

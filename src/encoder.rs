@@ -138,13 +138,19 @@ impl Encoder {
         let builder = |eps: Vec<ep::ExecutionProviderDispatch>| -> anyhow::Result<Session> {
             let mut b = Session::builder(env).map_err(|e| anyhow!("{e}"))?;
             if threads.intra > 0 {
-                b = b.with_intra_threads(threads.intra).map_err(|e| anyhow!("{e}"))?;
+                b = b
+                    .with_intra_threads(threads.intra)
+                    .map_err(|e| anyhow!("{e}"))?;
             }
             if threads.inter > 0 {
-                b = b.with_inter_threads(threads.inter).map_err(|e| anyhow!("{e}"))?;
+                b = b
+                    .with_inter_threads(threads.inter)
+                    .map_err(|e| anyhow!("{e}"))?;
             }
             if !eps.is_empty() {
-                b = b.with_execution_providers(eps).map_err(|e| anyhow!("{e}"))?;
+                b = b
+                    .with_execution_providers(eps)
+                    .map_err(|e| anyhow!("{e}"))?;
             }
             b.commit_from_file(path)
                 .map_err(|e| anyhow!("cannot load {}: {e}", path.display()))
@@ -189,14 +195,24 @@ impl Encoder {
 
     /// Checks that the graph has the input and outputs the manifest names.
     fn check_io(&mut self, manifest: &ModelManifest) -> anyhow::Result<()> {
-        let inputs: Vec<String> = self.session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let inputs: Vec<String> = self
+            .session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         if !inputs.iter().any(|n| n == &self.input_name) {
             bail!(
                 "the encoder has no input {:?} (model.toml); it has {inputs:?}",
                 self.input_name
             );
         }
-        let outputs: Vec<String> = self.session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let outputs: Vec<String> = self
+            .session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         for name in [&self.feature_name, &self.logits_name] {
             if !outputs.iter().any(|n| n == name) {
                 bail!("the encoder has no output {name:?} (model.toml); it has {outputs:?}");

@@ -68,7 +68,9 @@ impl PriorSpec {
             return Err(format!("prior weight {w} is not a finite positive number"));
         }
         let total: f64 = weights.iter().sum();
-        Ok(PriorSpec::Explicit(weights.iter().map(|w| w / total).collect()))
+        Ok(PriorSpec::Explicit(
+            weights.iter().map(|w| w / total).collect(),
+        ))
     }
 }
 
@@ -144,7 +146,10 @@ impl Engine {
         if guard.as_ref().is_none_or(|s| s.version != protos.version) {
             *guard = Some(AdaptiveState {
                 version: protos.version.clone(),
-                prior: AdaptivePrior::new(self.adaptive_config.clone(), protos.classes.train_prior()),
+                prior: AdaptivePrior::new(
+                    self.adaptive_config.clone(),
+                    protos.classes.train_prior(),
+                ),
             });
         }
         guard.as_mut().expect("just set")
@@ -255,7 +260,9 @@ mod tests {
         assert!(PriorSpec::parse("1,2", 3).is_err());
         assert!(PriorSpec::parse("1,0,2", 3).is_err());
         assert!(PriorSpec::parse("1,x,2", 3).is_err());
-        assert!(PriorSpec::parse("bogus", 3).unwrap_err().contains("unknown prior"));
+        assert!(PriorSpec::parse("bogus", 3)
+            .unwrap_err()
+            .contains("unknown prior"));
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! Data flows one way: HTTP -> decode/preprocess -> batcher -> encoder (ONNX Runtime)
 //! -> vMF engine -> response. `vmf` is the pure math (no I/O); everything else is plumbing.
 
-pub mod vmf;
 pub mod app;
 pub mod batcher;
 pub mod config;
@@ -15,3 +14,4 @@ pub mod preprocess;
 pub mod prototypes;
 pub mod reload;
 pub mod telemetry;
+pub mod vmf;

@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 use proco_serve::config::{Config, ServeArgs};
 
 #[derive(Parser)]
-#[command(name = "proco-serve", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "proco-serve",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,7 +41,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     proco_serve::telemetry::init_logging(&config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("proco-serve: cannot start the async runtime: {e}");

@@ -98,10 +98,7 @@ impl Prototypes {
         let raw: RawPrototypes = serde_json::from_slice(bytes)?;
         let invalid = |m: String| Err(PrototypeError::Invalid(m));
         if raw.schema != SCHEMA {
-            return invalid(format!(
-                "schema is {:?}, expected {SCHEMA:?}",
-                raw.schema
-            ));
+            return invalid(format!("schema is {:?}, expected {SCHEMA:?}", raw.schema));
         }
         if raw.schema_version != SCHEMA_VERSION {
             return invalid(format!(
@@ -152,11 +149,7 @@ impl Prototypes {
             }
             temperatures.insert(rule, t);
         }
-        if let Some(unknown) = raw
-            .temperatures
-            .keys()
-            .find(|k| k.parse::<Rule>().is_err())
-        {
+        if let Some(unknown) = raw.temperatures.keys().find(|k| k.parse::<Rule>().is_err()) {
             return invalid(format!("temperatures has unknown rule {unknown:?}"));
         }
         let classes = ClassModel::new(

@@ -56,20 +56,27 @@ fn record(
     let metrics = &state.metrics;
     match result {
         Ok(ReloadOutcome::Swapped { previous, current }) => {
-            metrics.prototype_reloads.with_label_values(&["success"]).inc();
+            metrics
+                .prototype_reloads
+                .with_label_values(&["success"])
+                .inc();
             metrics.set_prototypes_version(Some(previous), current);
             tracing::info!(
                 "reloaded prototypes after {trigger}: now serving version {current} (was {previous})"
             );
         }
         Ok(ReloadOutcome::Unchanged { version }) => {
-            metrics.prototype_reloads.with_label_values(&["unchanged"]).inc();
-            tracing::info!(
-                "{trigger}: {path} still holds version {version}; nothing to reload"
-            );
+            metrics
+                .prototype_reloads
+                .with_label_values(&["unchanged"])
+                .inc();
+            tracing::info!("{trigger}: {path} still holds version {version}; nothing to reload");
         }
         Err(e) => {
-            metrics.prototype_reloads.with_label_values(&["rejected"]).inc();
+            metrics
+                .prototype_reloads
+                .with_label_values(&["rejected"])
+                .inc();
             tracing::error!(
                 "{trigger}: rejected {path}: {e}; still serving version {}",
                 serving.store.snapshot().version
@@ -111,10 +118,9 @@ pub fn spawn_watchers(state: Arc<AppState>, serving: Arc<Serving>) {
         };
         while hup.recv().await.is_some() {
             let (state, serving) = (state.clone(), serving.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                reload_now(&state, &serving, Trigger::Sighup)
-            })
-            .await;
+            let _ =
+                tokio::task::spawn_blocking(move || reload_now(&state, &serving, Trigger::Sighup))
+                    .await;
         }
     });
 }
@@ -122,7 +128,8 @@ pub fn spawn_watchers(state: Arc<AppState>, serving: Arc<Serving>) {
 async fn poll_file(state: Arc<AppState>, serving: Arc<Serving>, every: Duration) {
     let path = serving.store.path().to_path_buf();
     let mut last_stamp = stamp(&path);
-    let mut last_hash: Option<[u8; 32]> = std::fs::read(&path).ok().map(|b| Sha256::digest(&b).into());
+    let mut last_hash: Option<[u8; 32]> =
+        std::fs::read(&path).ok().map(|b| Sha256::digest(&b).into());
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -31,8 +31,8 @@ pub struct Metrics {
 /// Latency buckets from 0.1 ms to 10 s.
 fn latency_buckets() -> Vec<f64> {
     vec![
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-        2.5, 5.0, 10.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
     ]
 }
 
@@ -40,15 +40,16 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let hist = |name: &str, help: &str| {
-            let h = Histogram::with_opts(
-                HistogramOpts::new(name, help).buckets(latency_buckets()),
-            )
-            .unwrap();
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(latency_buckets()))
+                .unwrap();
             registry.register(Box::new(h.clone())).unwrap();
             h
         };
         let http_requests = IntCounterVec::new(
-            Opts::new("proco_http_requests_total", "HTTP requests answered, by route and status code"),
+            Opts::new(
+                "proco_http_requests_total",
+                "HTTP requests answered, by route and status code",
+            ),
             &["route", "status"],
         )
         .unwrap();
@@ -88,7 +89,10 @@ impl Metrics {
         )
         .unwrap();
         let predictions = IntCounterVec::new(
-            Opts::new("proco_predictions_total", "Top-1 predictions served, by label"),
+            Opts::new(
+                "proco_predictions_total",
+                "Top-1 predictions served, by label",
+            ),
             &["label"],
         )
         .unwrap();
@@ -114,7 +118,10 @@ impl Metrics {
         )
         .unwrap();
         let prototypes_info = GaugeVec::new(
-            Opts::new("proco_prototypes_info", "Version of the prototypes being served (always 1)"),
+            Opts::new(
+                "proco_prototypes_info",
+                "Version of the prototypes being served (always 1)",
+            ),
             &["version"],
         )
         .unwrap();
@@ -196,13 +203,22 @@ impl Default for Metrics {
 
 /// Installs the log subscriber: human-readable lines on stderr, filtered by `level`
 /// (`RUST_LOG` wins when set). stdout stays free for the "listening on" line.
+///
+/// A plain level (`info`, `debug`...) keeps ONNX Runtime's own chatter (dozens of lines
+/// per session) at `warn`; give a full directive (e.g. `debug,ort=info`) to see it.
 pub fn init_logging(level: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    let directive = match level {
+        "error" | "warn" | "info" | "debug" | "trace" => format!("{level},ort=warn"),
+        other => other.to_string(),
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| EnvFilter::try_new(&directive))
+        .unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -67,6 +67,14 @@ struct ImageAnswer {
     timings_ms: Timings,
 }
 
+/// The answer to a multipart request: one entry per part, in part order.
+#[derive(Serialize)]
+struct MultipartAnswer {
+    model: String,
+    prototypes_version: String,
+    results: Vec<ImageAnswer>,
+}
+
 /// One decoded input, with where it came from.
 struct Input {
     part: Option<String>,
@@ -95,7 +103,9 @@ pub async fn classify(
     let inputs = match kind {
         MediaKind::Single => {
             if bytes.is_empty() {
-                return Err(ApiError::EmptyBody("the request body is empty; send an image".into()));
+                return Err(ApiError::EmptyBody(
+                    "the request body is empty; send an image".into(),
+                ));
             }
             vec![Input {
                 part: None,
@@ -184,11 +194,11 @@ pub async fn classify(
         })
         .collect();
     if multipart {
-        Ok(Json(serde_json::json!({
-            "model": serving.manifest.name,
-            "prototypes_version": protos.version,
-            "results": answers,
-        }))
+        Ok(Json(MultipartAnswer {
+            model: serving.manifest.name.clone(),
+            prototypes_version: protos.version.clone(),
+            results: answers,
+        })
         .into_response())
     } else {
         let one = answers
@@ -236,7 +246,9 @@ fn media_kind(headers: &HeaderMap) -> Result<MediaKind, ApiError> {
 /// Reads the whole body, refusing more than `limit` bytes (early when Content-Length says so).
 async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Bytes, ApiError> {
     let too_large = || {
-        ApiError::BodyTooLarge(format!("the request body is larger than the limit of {limit} bytes"))
+        ApiError::BodyTooLarge(format!(
+            "the request body is larger than the limit of {limit} bytes"
+        ))
     };
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -250,20 +262,21 @@ async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Byte
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::InvalidMultipart(format!("cannot read the request body: {e}"))),
+        Err(e) => Err(ApiError::InvalidMultipart(format!(
+            "cannot read the request body: {e}"
+        ))),
     }
 }
 
 async fn read_parts(req: Request, max_images: usize) -> Result<Vec<Input>, ApiError> {
-    let mut multipart = Multipart::from_request(req, &())
-        .await
-        .map_err(|e| ApiError::InvalidMultipart(format!("invalid multipart request: {}", e.body_text())))?;
+    let mut multipart = Multipart::from_request(req, &()).await.map_err(|e| {
+        ApiError::InvalidMultipart(format!("invalid multipart request: {}", e.body_text()))
+    })?;
     let mut inputs = Vec::new();
     loop {
-        let field = multipart
-            .next_field()
-            .await
-            .map_err(|e| ApiError::InvalidMultipart(format!("invalid multipart body: {}", e.body_text())))?;
+        let field = multipart.next_field().await.map_err(|e| {
+            ApiError::InvalidMultipart(format!("invalid multipart body: {}", e.body_text()))
+        })?;
         let Some(field) = field else { break };
         if inputs.len() == max_images {
             return Err(ApiError::TooManyImages(format!(
@@ -290,18 +303,27 @@ async fn read_parts(req: Request, max_images: usize) -> Result<Vec<Input>, ApiEr
             ApiError::InvalidMultipart(format!("{}: {}", describe_part(&input), e.body_text()))
         })?;
         if input.bytes.is_empty() {
-            return Err(ApiError::EmptyBody(format!("{} is empty", describe_part(&input))));
+            return Err(ApiError::EmptyBody(format!(
+                "{} is empty",
+                describe_part(&input)
+            )));
         }
         inputs.push(input);
     }
     if inputs.is_empty() {
-        return Err(ApiError::EmptyBody("the multipart request has no parts".into()));
+        return Err(ApiError::EmptyBody(
+            "the multipart request has no parts".into(),
+        ));
     }
     Ok(inputs)
 }
 
 /// Parses the query string into engine options, with the server's defaults.
-fn parse_query(query: &str, state: &AppState, serving: &Serving) -> Result<RequestOptions, ApiError> {
+fn parse_query(
+    query: &str,
+    state: &AppState,
+    serving: &Serving,
+) -> Result<RequestOptions, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query)?;
     let c = serving.num_classes;
     let mut options = RequestOptions {

@@ -127,7 +127,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && !matches!(self, ApiError::QueueFull(_) | ApiError::NotReady(_)) {
+        if status.is_server_error()
+            && !matches!(self, ApiError::QueueFull(_) | ApiError::NotReady(_))
+        {
             tracing::error!(code = self.code(), "{self}");
         } else {
             tracing::debug!(code = self.code(), status = status.as_u16(), "{self}");
