@@ -146,3 +146,53 @@ fn other_containers_classify_like_the_jpeg() {
         }
     }
 }
+
+/// The same check one layer down, independent of temperatures: decoding + preprocessing +
+/// ONNX Runtime reproduce PyTorch's `feature` and `logits` for every fixture (so a
+/// decoder or resize difference cannot hide behind a large temperature).
+#[test]
+fn encoder_outputs_match_pytorch_reference() {
+    use proco_serve::encoder::{Encoder, ProviderChoice, Threads};
+    use proco_serve::manifest::ModelManifest;
+    use proco_serve::preprocess::{decode, to_chw, DecodeLimits};
+
+    let manifest = parity_manifest();
+    let model_dir = std::path::Path::new(common::MODEL_DIR);
+    let model = ModelManifest::load(model_dir).unwrap();
+    proco_serve::encoder::init_runtime().unwrap();
+    let mut encoder =
+        Encoder::load(&model, model_dir, ProviderChoice::Cpu, Threads::default()).unwrap();
+    let mut worst: (f64, f64) = (0.0, 0.0);
+    for img in manifest["images"].as_array().unwrap() {
+        let file = img["file"].as_str().unwrap();
+        let rgb = decode(&fixture(file), &DecodeLimits::default()).unwrap();
+        let chw = to_chw(&rgb, &model);
+        let (h, w) = encoder.input_size();
+        let batch = ndarray::Array4::from_shape_vec((1, 3, h, w), chw).unwrap();
+        let out = encoder.run(batch.view()).unwrap();
+        for (name, have, want) in [
+            (
+                "feature",
+                out.feature.row(0).to_vec(),
+                as_vec(&img["feature"]),
+            ),
+            ("logits", out.logits.row(0).to_vec(), as_vec(&img["logits"])),
+        ] {
+            assert_eq!(have.len(), want.len(), "{file} {name}");
+            for (k, (h, w)) in have.iter().zip(&want).enumerate() {
+                let d = (*h as f64 - w).abs();
+                let tol = 1e-4 * (1.0 + w.abs());
+                if name == "feature" {
+                    worst.0 = worst.0.max(d);
+                } else {
+                    worst.1 = worst.1.max(d);
+                }
+                assert!(d <= tol, "{file} {name}[{k}]: onnx {h}, pytorch {w}");
+            }
+        }
+    }
+    println!(
+        "largest |difference|: feature {:e}, logits {:e}",
+        worst.0, worst.1
+    );
+}
