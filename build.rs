@@ -44,6 +44,7 @@ fn main() {
             "cargo:warning=the server will need ORT_DYLIB_PATH=/path/to/libonnxruntime.so.{ORT_VERSION} at run time"
         );
         println!("cargo:rustc-env=PROCO_ORT_DYLIB_BUILD=");
+        println!("cargo:rustc-env=PROCO_ORT_WHEEL_BUILD=");
     }
 }
 
@@ -63,6 +64,7 @@ fn provision() -> Result<(), String> {
     if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| !p.is_empty()) {
         // The user brings their own library; nothing to provision.
         println!("cargo:rustc-env=PROCO_ORT_DYLIB_BUILD=");
+        println!("cargo:rustc-env=PROCO_ORT_WHEEL_BUILD=");
         return Ok(());
     }
     if std::env::var_os("PROCO_SKIP_ORT_DOWNLOAD").is_some_and(|v| v == "1") {
@@ -118,6 +120,8 @@ fn provision() -> Result<(), String> {
         "cargo:rustc-env=PROCO_ORT_DYLIB_BUILD={}",
         cache.join(&main_lib).display()
     );
+    // Which wheel the library came from (the tests know whether CUDA can exist).
+    println!("cargo:rustc-env=PROCO_ORT_WHEEL_BUILD={package}");
     Ok(())
 }
 

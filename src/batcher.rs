@@ -6,9 +6,10 @@
 //! waits for more only while the oldest queued image is younger than `max_queue_delay`
 //! (so under load it never waits, and an idle server adds at most that delay).
 //!
-//! Admission is a semaphore with `queue_capacity` permits, one per queued image, taken with
-//! `try_acquire` so a full queue is answered at once (503 + Retry-After) instead of piling
-//! up latency. The permits are released when the answer is sent.
+//! Admission is a semaphore with `queue_capacity` permits, one per admitted image, taken
+//! with `try_acquire` before the image is even decoded, so a full server answers at once
+//! (503 + Retry-After) instead of piling up latency. A request's permits are released when
+//! its answer arrives.
 //!
 //! Each batch takes one prototypes snapshot, so every image in it is scored with the same
 //! version, whatever reloads happen meanwhile.

@@ -58,7 +58,7 @@ pub struct ServeArgs {
     /// Longest a queued image waits for others to join its batch, in ms (0: never wait)
     #[arg(long, env = "PROCO_MAX_QUEUE_DELAY_MS")]
     pub max_queue_delay_ms: Option<u64>,
-    /// Images that may wait for the encoder; beyond this, requests get 503 + Retry-After
+    /// Images admitted and not yet answered (decoding, queued or in the encoder); beyond this, requests get 503 + Retry-After
     #[arg(long, env = "PROCO_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
     /// Largest accepted request body, in bytes

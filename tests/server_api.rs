@@ -636,6 +636,21 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model.toml"), "{err}");
 
+    // execution_provider = "cuda" with the CPU-only ONNX Runtime (the default build):
+    // refuses to start, and says why.
+    if env!("PROCO_ORT_WHEEL_BUILD") == "onnxruntime"
+        && std::env::var_os("ORT_DYLIB_PATH").is_none()
+    {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_proco-serve"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["--listen", "127.0.0.1:0", "--execution-provider", "cuda"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("CUDA cannot be used"), "{err}");
+    }
+
     // A bad ORT_DYLIB_PATH is an error message, not a panic.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_proco-serve"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))

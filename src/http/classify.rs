@@ -120,6 +120,15 @@ pub async fn classify(
     };
     let multipart = matches!(kind, MediaKind::Multipart);
 
+    // Admission before any decoding work: a full server says so at once, and the permits
+    // (one per image, held until the answer) also bound how many images are being decoded.
+    let permit = serving.batcher.try_admit(inputs.len()).map_err(|_| {
+        ApiError::QueueFull(format!(
+            "the server is at capacity ({} images in flight); retry shortly",
+            state.config.queue_capacity
+        ))
+    })?;
+
     // Decode every image off the async runtime, in parallel.
     let mut handles = Vec::with_capacity(inputs.len());
     for input in &inputs {
@@ -148,12 +157,6 @@ pub async fn classify(
         decode_times.push(took);
     }
 
-    let permit = serving.batcher.try_admit(tensors.len()).map_err(|_| {
-        ApiError::QueueFull(format!(
-            "the inference queue is full ({} images); retry shortly",
-            state.config.queue_capacity
-        ))
-    })?;
     let result = serving
         .batcher
         .submit(tensors, options, permit)
