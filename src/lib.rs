@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod config;
 pub mod encoder;
 pub mod engine;
+pub mod eval;
 pub mod http;
 pub mod manifest;
 pub mod preprocess;
