@@ -1,4 +1,5 @@
-//! Command line: `proco-serve` (serve, the default) and `proco-serve eval`.
+//! Command line: `proco-serve` (serve, the default; also `proco-serve serve`) and
+//! `proco-serve eval` (offline evaluation, `src/eval.rs`).
 //!
 //! Every serve setting is a flag, an environment variable and a key of the TOML config,
 //! with one name (see `config.rs`); `proco-serve --help` lists them.
@@ -25,12 +26,24 @@ struct Cli {
 enum Command {
     /// Serve the model over HTTP (the default when no command is given).
     Serve(ServeArgs),
+    /// Evaluate rules and priors on a labelled image folder (accuracy, calibration, label shift).
+    Eval(proco_serve::eval::EvalArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Eval(args)) => {
+            proco_serve::telemetry::init_logging("info");
+            return match proco_serve::eval::run(args) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("proco-serve eval: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         None => cli.serve,
     };
     let config = match Config::resolve(&args) {
