@@ -121,6 +121,14 @@ def _plot(results, path, default_rule, zt, ft, mu, kappa, counts, proto, test_y,
     fig.savefig(path, dpi=110)
 
 
+def _epochs_note(tr) -> str:
+    done = {m: tr[m].get("epochs") for m in ("proco", "la", "ce") if tr.get(m)}
+    if len(set(done.values())) <= 1:
+        return f"All methods ran the same {next(iter(done.values()), '?')} epochs."
+    return ("The runs did not get the same number of epochs (" + ", ".join(f"{m}: {e}" for m, e in done.items())
+            + "): each shrank its schedule to fit the shared time budget, and the comparison is only as fair as that.")
+
+
 def _markdown(r, proto, path, source):
     tr = r["training"]
     lines = ["# CIFAR-10-LT (imbalance 100): ProCo against LA and CE", "",
@@ -162,6 +170,7 @@ def _markdown(r, proto, path, source):
               "Known differences: "
               f"{tr['proco'].get('epochs', '?')} epochs here; the JPEG re-encoding of CIFAR-10 (lossy) instead of the original pixels; "
               "100 class-0 images moved to validation; one seed; bfloat16 autocast on the GPU.", "",
+              _epochs_note(tr), "",
               "ProCo against the baselines (calibrated, uniform prior): " + ", ".join(
                   f"{b.upper()} {100 * r['models'][b]['calibrated']['top1']:.2f}%" for b in ("la", "ce") if b in r["models"])
               + f"; ProCo ({r['default_rule']}) {100 * r['proco_rules'][r['default_rule']]['calibrated']['top1']:.2f}%.", "",
