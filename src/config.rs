@@ -184,7 +184,7 @@ impl Default for Config {
             default_rule: Rule::Proco,
             default_prior: DefaultPrior::Uniform,
             max_batch_size: 64,
-            max_queue_delay_ms: 1,
+            max_queue_delay_ms: 0,
             queue_capacity: 256,
             max_body_bytes: 8 * 1024 * 1024,
             max_pixels: 40_000_000,

@@ -112,8 +112,8 @@ fn other_containers_classify_like_the_jpeg() {
     assert_eq!(status, 200, "{from_jpeg}");
     let want = as_vec(&from_jpeg["posterior"]);
 
-    // Re-encode the decoded pixels losslessly: the encoder sees identical input.
-    let rgb = image::load_from_memory(&jpeg).unwrap().to_rgb8();
+    // Re-encode the server's decoded pixels losslessly: the encoder sees identical input.
+    let rgb = proco_serve::preprocess::decode(&jpeg, &Default::default()).unwrap();
     let dynimg = image::DynamicImage::ImageRgb8(rgb.clone());
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
     for (ct, format) in [
