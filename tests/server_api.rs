@@ -281,6 +281,8 @@ fn bad_inputs_get_documented_errors() {
     // Unknown endpoint: JSON 404.
     let (status, body) = get_json(&c, &server, "/v2/nothing");
     expect_error(status, &body, 404, "not_found", "unknown endpoint");
+    let (status, body) = get_json(&c, &server, "/v1/classify");
+    expect_error(status, &body, 405, "method_not_allowed", "GET on classify");
 }
 
 #[test]

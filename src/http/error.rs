@@ -64,6 +64,9 @@ pub enum ApiError {
     /// 404 not_found.
     #[error("{0}")]
     NotFound(String),
+    /// 405 method_not_allowed.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 500 internal: our fault (the inference thread failed).
     #[error("{0}")]
     Internal(String),
@@ -81,6 +84,7 @@ impl ApiError {
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AdminDisabled(_) => StatusCode::FORBIDDEN,
             NotFound(_) => StatusCode::NOT_FOUND,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             QueueFull(_) | NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -106,6 +110,7 @@ impl ApiError {
             QueueFull(_) => "queue_full",
             NotReady(_) => "not_ready",
             NotFound(_) => "not_found",
+            MethodNotAllowed(_) => "method_not_allowed",
             Internal(_) => "internal",
         }
     }

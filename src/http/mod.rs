@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(info::metrics))
         .route("/admin/reload", post(info::admin_reload))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -42,6 +43,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on this endpoint"))
 }
 
 /// Counts every response in `proco_http_requests_total{route,status}` and times it in
