@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,9 +76,15 @@ fn file_change_reloads_under_load_without_failing_a_request() {
 
     // Client threads classifying continuously, recording (status, version, temperature).
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..2 {
-        let (stop, url, jpeg) = (stop.clone(), server.url("/v1/classify"), any_jpeg());
+        let (stop, done, url, jpeg) = (
+            stop.clone(),
+            done.clone(),
+            server.url("/v1/classify"),
+            any_jpeg(),
+        );
         workers.push(std::thread::spawn(move || {
             let c = client();
             let mut mine = Vec::new();
@@ -99,12 +105,19 @@ fn file_change_reloads_under_load_without_failing_a_request() {
                         .to_string(),
                     body["temperature"].as_f64().unwrap_or(f64::NAN),
                 ));
+                done.fetch_add(1, Ordering::SeqCst);
             }
             // Each thread's sequence is in time order; it is checked on its own.
             mine
         }));
     }
-    std::thread::sleep(Duration::from_millis(400));
+    // Let both clients get answers from v1 first (however slow the machine is).
+    wait_until(
+        &server,
+        "requests served by v1",
+        Duration::from_secs(30),
+        || done.load(Ordering::SeqCst) >= 10,
+    );
 
     // 1. A valid new version, written atomically.
     let v2 = "reload-test-v2";
@@ -118,7 +131,13 @@ fn file_change_reloads_under_load_without_failing_a_request() {
         Duration::from_secs(10),
         || common::get_json(&c, &server, "/v1/model").1["prototypes_version"] == v2,
     );
-    std::thread::sleep(Duration::from_millis(400));
+    let after_v2 = done.load(Ordering::SeqCst);
+    wait_until(
+        &server,
+        "requests served by v2",
+        Duration::from_secs(30),
+        || done.load(Ordering::SeqCst) >= after_v2 + 10,
+    );
 
     // 2. An invalid file: rejected, v2 keeps serving.
     let rejected_before = metric(
@@ -140,7 +159,13 @@ fn file_change_reloads_under_load_without_failing_a_request() {
                 > rejected_before
         },
     );
-    std::thread::sleep(Duration::from_millis(400));
+    let after_invalid = done.load(Ordering::SeqCst);
+    wait_until(
+        &server,
+        "requests after the rejection",
+        Duration::from_secs(30),
+        || done.load(Ordering::SeqCst) >= after_invalid + 10,
+    );
     stop.store(true, Ordering::Relaxed);
     let sequences: Vec<Vec<(u16, String, f64)>> =
         workers.into_iter().map(|w| w.join().unwrap()).collect();
