@@ -98,5 +98,36 @@ fn bench_posterior(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_bessel, bench_posterior);
+/// The memory-bandwidth floor: streaming the largest prototype matrix (8142 x 1024 f64 = 66.7 MB)
+/// once, as a read (sum) and as a STREAM-style copy, single-threaded like the rules.
+fn bench_bandwidth(c: &mut Criterion) {
+    let n = 8142 * 1024;
+    let src: Vec<f64> = (0..n).map(|i| (i % 1000) as f64 * 1e-3).collect();
+    let mut dst = vec![0.0f64; n];
+    let mut group = c.benchmark_group("bandwidth 8142x1024 f64");
+    group.sample_size(20);
+    group.throughput(Throughput::Bytes((n * 8) as u64));
+    group.bench_function("read (sum)", |b| {
+        // Four accumulators so the loop is bound by memory, not by the add latency.
+        b.iter(|| {
+            let mut acc = [0.0f64; 4];
+            for chunk in black_box(&src).chunks_exact(4) {
+                for (a, v) in acc.iter_mut().zip(chunk) {
+                    *a += v;
+                }
+            }
+            acc.iter().sum::<f64>()
+        })
+    });
+    group.throughput(Throughput::Bytes((2 * n * 8) as u64));
+    group.bench_function("copy (read + write bytes)", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(dst[n / 2])
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_bessel, bench_posterior, bench_bandwidth);
 criterion_main!(benches);

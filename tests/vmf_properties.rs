@@ -187,7 +187,7 @@ fn random_model(rng: &mut Lcg, c: usize, p: usize) -> ClassModel {
 #[test]
 fn batched_rules_equal_the_per_class_formulas() {
     let mut rng = Lcg(7);
-    let (c, p, n) = (12, 32, 5);
+    let (c, p, n) = (12, 32, 9);
     let model = random_model(&mut rng, c, p);
     let z: Vec<f64> = (0..n).flat_map(|_| rng.unit(p)).collect();
     let z = Array2::from_shape_vec((n, p), z).unwrap();
@@ -221,6 +221,28 @@ fn batched_rules_equal_the_per_class_formulas() {
                     (g[[i, y]] - want).abs() <= tol,
                     "{rule} [{i},{y}]: {} vs {want}",
                     g[[i, y]]
+                );
+            }
+        }
+    }
+    // Batches of up to 8 multiply as mu z^T, larger ones as z mu^T: both must agree row by row.
+    for rule in Rule::ALL {
+        let whole = model
+            .balanced_logits_f64(rule, z.view(), Some(f.view()))
+            .unwrap();
+        for i in 0..n {
+            let one = model
+                .balanced_logits_f64(
+                    rule,
+                    z.slice(ndarray::s![i..i + 1, ..]),
+                    Some(f.slice(ndarray::s![i..i + 1, ..])),
+                )
+                .unwrap();
+            for y in 0..c {
+                let (a, b) = (whole[[i, y]], one[[0, y]]);
+                assert!(
+                    (a - b).abs() <= 1e-12 * a.abs().max(1.0),
+                    "{rule} [{i},{y}]: batch {a} vs single {b}"
                 );
             }
         }

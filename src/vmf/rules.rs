@@ -53,7 +53,7 @@ impl Rule {
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -294,7 +294,7 @@ impl ClassModel {
         if rule == Rule::Linear {
             return Ok(linear.expect("checked above").to_owned());
         }
-        let mut g = z.dot(&self.mu.t()); // N x C cosines mu_y.z
+        let mut g = self.cosines(z);
         match rule {
             Rule::Vmf => {
                 for mut row in g.axis_iter_mut(Axis(0)) {
@@ -333,6 +333,28 @@ impl ClassModel {
             Rule::Linear => unreachable!("returned above"),
         }
         Ok(g)
+    }
+}
+
+/// Up to this many images, [`ClassModel::cosines`] multiplies in the order mu z^T. matrixmultiply
+/// packs the right-hand operand in wide panels; packing the whole C x p prototype matrix that way
+/// costs more than the product itself when N is tiny (measured at C = 8142, p = 1024: 17 ms for
+/// z mu^T at N = 1..8 against 10-14 ms for mu z^T, which is at the memory-bandwidth floor), while for
+/// larger N the z mu^T order is faster (54 against 69 ms at N = 64).
+const SMALL_BATCH: usize = 8;
+
+impl ClassModel {
+    /// N x C matrix of mu_y.z_i: the one matrix product with the prototype matrix per batch.
+    fn cosines(&self, z: ArrayView2<f64>) -> Array2<f64> {
+        if z.nrows() <= SMALL_BATCH {
+            self.mu
+                .dot(&z.t())
+                .reversed_axes()
+                .as_standard_layout()
+                .into_owned()
+        } else {
+            z.dot(&self.mu.t())
+        }
     }
 }
 
