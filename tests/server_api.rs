@@ -668,3 +668,73 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn adaptive_prior_follows_the_traffic() {
+    // Small window so a few requests are enough: EM after 8 images, every 8 images.
+    let server = Server::start(&[
+        "--adaptive-min-samples",
+        "8",
+        "--adaptive-refresh-every",
+        "8",
+        "--adaptive-window",
+        "64",
+    ]);
+    let c = client();
+    let (_, model) = get_json(&c, &server, "/v1/model");
+    let train: Vec<f64> = model["train_prior"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    // Traffic of tail classes only: the fixtures of the five rarest classes.
+    let manifest = common::parity_manifest();
+    let tail: Vec<&serde_json::Value> = manifest["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["label"].as_u64().unwrap() >= 5)
+        .collect();
+    assert!(tail.len() >= 8);
+    for img in tail.iter().cycle().take(24) {
+        let bytes = common::fixture(img["file"].as_str().unwrap());
+        let (status, body) = classify(&c, &server, "", "image/jpeg", bytes);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, model) = get_json(&c, &server, "/v1/model");
+    let adaptive: Vec<f64> = model["adaptive_prior"]["estimate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(model["adaptive_prior"]["samples"], 24);
+    let tail_mass = |q: &[f64]| q[5..].iter().sum::<f64>();
+    assert!(
+        tail_mass(&adaptive) > tail_mass(&train) + 0.3,
+        "the estimate should move to the tail classes: {adaptive:?} (train {train:?})"
+    );
+    assert!((adaptive.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    // The request-level prior=adaptive uses that estimate, and the gauge exports it.
+    let (_, body) = classify(&c, &server, "?prior=adaptive", "image/jpeg", any_jpeg());
+    let used: Vec<f64> = body["prior"]["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (u, a) in used.iter().zip(&adaptive) {
+        assert!((u - a).abs() < 1e-12);
+    }
+    let text = c
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let label = model["labels"][9].as_str().unwrap();
+    let gauge =
+        common::metric(&text, &format!("proco_adaptive_prior{{label=\"{label}\"}}")).unwrap();
+    assert!(gauge > train[9], "gauge {gauge} vs train {}", train[9]);
+}
