@@ -225,7 +225,8 @@ fn batched_rules_equal_the_per_class_formulas() {
             }
         }
     }
-    // Batches of up to 8 multiply as mu z^T, larger ones as z mu^T: both must agree row by row.
+    // One image takes the matrix-vector product, batches of up to 8 mu z^T, larger ones z mu^T:
+    // all three must agree row by row (here: 9 rows, 1 row, and rows 0..3).
     for rule in Rule::ALL {
         let whole = model
             .balanced_logits_f64(rule, z.view(), Some(f.view()))
@@ -245,6 +246,20 @@ fn batched_rules_equal_the_per_class_formulas() {
                     "{rule} [{i},{y}]: batch {a} vs single {b}"
                 );
             }
+        }
+        let three = model
+            .balanced_logits_f64(
+                rule,
+                z.slice(ndarray::s![0..3, ..]),
+                Some(f.slice(ndarray::s![0..3, ..])),
+            )
+            .unwrap();
+        for ((i, y), &b) in three.indexed_iter() {
+            let a = whole[[i, y]];
+            assert!(
+                (a - b).abs() <= 1e-12 * a.abs().max(1.0),
+                "{rule} [{i},{y}]: batch of 9 {a} vs of 3 {b}"
+            );
         }
     }
     // Linear and ensemble need the linear head; a wrong shape is an error, not a panic.
