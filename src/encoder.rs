@@ -86,6 +86,8 @@ pub fn init_runtime() -> anyhow::Result<PathBuf> {
             .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
         let env = builder
             .with_name("proco-serve")
+            // A server should not write ONNX Runtime's usage telemetry database to ~/.cache.
+            .with_telemetry(false)
             .build()
             .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))?;
         Ok((env, path))

@@ -64,7 +64,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(proco_serve::app::serve(config)) {
+    let result = runtime.block_on(proco_serve::app::serve(config));
+    // In-flight requests are answered by now; don't wait on idle background tasks.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
