@@ -31,8 +31,6 @@ use crate::vmf::{
     self, em_label_shift, evaluate, fit_temperature, posterior, reliability_bins, Rule,
 };
 
-/// Floor applied to the EM estimate before taking logs (as the server's adaptive prior does).
-const ADAPTIVE_FLOOR: f64 = 1e-6;
 /// EM stopping rule for the offline adaptive prior (the notes: 1e-8 is plenty in production).
 const EM_TOLERANCE: f64 = 1e-8;
 const EM_MAX_ITERATIONS: usize = 10_000;
@@ -61,6 +59,9 @@ pub struct EvalArgs {
     /// prior), `uniform`, or explicit weights w1,w2,...; the most constrained class is kept whole
     #[arg(long, value_name = "train|uniform|w1,w2,...")]
     pub shift: Option<String>,
+    /// Smallest probability the adaptive prior gives any class (the server's adaptive_floor)
+    #[arg(long, default_value_t = 1e-4)]
+    pub adaptive_floor: f64,
     /// Seed of the --shift subsampling
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -244,7 +245,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let log_train = classes.log_train_prior().to_vec();
     let oracle: Vec<f64> = counts
         .iter()
-        .map(|&k| (k as f64 / labels.len() as f64).max(ADAPTIVE_FLOOR))
+        .map(|&k| (k as f64 / labels.len() as f64).max(args.adaptive_floor))
         .collect();
 
     println!(
@@ -283,7 +284,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                     PriorKind::Train => (classes.train_prior(), None),
                     PriorKind::Oracle => (oracle.clone(), None),
                     PriorKind::Adaptive => {
-                        let (q, it) = adaptive_prior(g.view(), t, &classes.train_prior());
+                        let (q, it) = adaptive_prior(
+                            g.view(),
+                            t,
+                            &classes.train_prior(),
+                            args.adaptive_floor,
+                        );
                         (q, Some(it))
                     }
                 };
@@ -360,7 +366,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             "per_class": per_label(classes.labels(), &counts), "shift": shift_info,
             "temperatures": Rule::ALL.iter().map(|r| (r.to_string(), json!(temperatures[r]))).collect::<serde_json::Map<_, _>>(),
             "temperatures_refitted": args.fit_temperatures.is_some(),
-            "bins": BINS, "em": {"tolerance": EM_TOLERANCE, "max_iterations": EM_MAX_ITERATIONS, "floor": ADAPTIVE_FLOOR},
+            "bins": BINS, "em": {"tolerance": EM_TOLERANCE, "max_iterations": EM_MAX_ITERATIONS, "floor": args.adaptive_floor},
             "rows": rows, "reliability": reliability,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
@@ -371,7 +377,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 /// Saerens EM over all calibrated rows g/T, from the training prior; floored and renormalised.
-fn adaptive_prior(g: ArrayView2<f64>, t: f64, train_prior: &[f64]) -> (Vec<f64>, usize) {
+fn adaptive_prior(
+    g: ArrayView2<f64>,
+    t: f64,
+    train_prior: &[f64],
+    floor: f64,
+) -> (Vec<f64>, usize) {
     let calibrated = g.mapv(|v| v / t);
     let (q, it) = em_label_shift(
         calibrated.view(),
@@ -379,7 +390,7 @@ fn adaptive_prior(g: ArrayView2<f64>, t: f64, train_prior: &[f64]) -> (Vec<f64>,
         EM_MAX_ITERATIONS,
         EM_TOLERANCE,
     );
-    let floored: Vec<f64> = q.iter().map(|v| v.max(ADAPTIVE_FLOOR)).collect();
+    let floored: Vec<f64> = q.iter().map(|v| v.max(floor)).collect();
     let total: f64 = floored.iter().sum();
     (floored.iter().map(|v| v / total).collect(), it)
 }
