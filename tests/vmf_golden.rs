@@ -175,13 +175,13 @@ fn proco_example_logits_and_posteriors() {
             ));
         }
     }
-    // The contract's vmf rule is the log-likelihood minus ln pi (balanced like the others).
+    // The vmf rule is the class-conditional log-likelihood itself (prior-free).
     let vmf_g = model
         .balanced_logits_f64(Rule::Vmf, z.view(), None)
         .unwrap();
     let loglik = vec_f(&ex["vmf_loglik"]);
     for (y, &want) in loglik.iter().enumerate() {
-        let got = vmf_g[[0, y]] + log_prior[y];
+        let got = vmf_g[[0, y]];
         if !((got - want).abs() <= 1e-14 * want.abs().max(1.0)) {
             failures.push(format!("vmf loglik[{y}] = {got:e}, truth {want:e}"));
         }
@@ -191,7 +191,6 @@ fn proco_example_logits_and_posteriors() {
     // (an absolute error delta in a logit is a relative error delta in the probability).
     let close = |got: f64, want: f64, rel: f64| (got - want).abs() <= 1e-15 + rel * want;
     let unif = vec![-(c as f64).ln(); c];
-    let loglik_row = Array2::from_shape_vec((1, c), loglik.clone()).unwrap();
     let cases = [
         (
             "post_proco_uniform",
@@ -203,15 +202,11 @@ fn proco_example_logits_and_posteriors() {
             posterior(proco.view(), 1.0, &log_prior),
             1e-10,
         ),
-        // softmax(g_vmf + ln pi) = softmax(loglik): the generative posterior under a uniform class prior.
-        (
-            "post_vmf_uniform",
-            posterior(vmf_g.view(), 1.0, &log_prior),
-            1e-9,
-        ),
+        // softmax(loglik + ln q): the generative posterior under the class prior q.
+        ("post_vmf_uniform", posterior(vmf_g.view(), 1.0, &unif), 1e-9),
         (
             "post_vmf_train_prior",
-            posterior(loglik_row.view(), 1.0, &log_prior),
+            posterior(vmf_g.view(), 1.0, &log_prior),
             1e-9,
         ),
     ];

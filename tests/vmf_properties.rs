@@ -213,7 +213,7 @@ fn batched_rules_equal_the_per_class_formulas() {
                 let want = match rule {
                     Rule::Linear => f[[i, y]],
                     Rule::Proco => proco,
-                    Rule::Vmf => log_cp(p, k) + k * cos - model.log_train_prior()[y],
+                    Rule::Vmf => log_cp(p, k) + k * cos,
                     Rule::Ensemble => f[[i, y]] + proco,
                 };
                 let tol = 1e-12 * want.abs().max(1.0) + 1e-15 * kt.max(k);

@@ -17,8 +17,8 @@ def balanced_logits(rule: str, z: np.ndarray, f: np.ndarray, mu: np.ndarray, kap
     if rule == "proco":
         return vmf.proco_logits(kappa, mu, z, tau)
     if rule == "vmf":
-        log_prior = np.log(counts / counts.sum())
-        return vmf.vmf_loglik(kappa, mu, z) - log_prior[None, :]
+        # ln p(z|y) is prior-free already: softmax(g + ln q) is the posterior under q.
+        return vmf.vmf_loglik(kappa, mu, z)
     if rule == "ensemble":
         return f + alpha * vmf.proco_logits(kappa, mu, z, tau)
     raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")

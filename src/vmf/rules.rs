@@ -7,11 +7,12 @@
 //! * `proco`:    g_y = h(kt_y) - h(k_y), h(x) = ln I_nu(x) - nu ln x,
 //!   kt_y = |k_y mu_y + z / tau| = sqrt(k_y^2 + 2 k_y (mu_y.z) / tau + 1/tau^2):
 //!   ln E_{z' ~ vMF(mu_y, k_y)} exp(z.z'/tau), the quantity ProCo trains with.
-//! * `vmf`:      g_y = log C_p(k_y) + k_y mu_y.z - ln pi_y (class-conditional log-likelihood, made
-//!   balanced by removing the training prior so that all rules share one posterior formula).
+//! * `vmf`:      g_y = log C_p(k_y) + k_y mu_y.z, the class-conditional log-likelihood ln p(z|y).
+//!   It is prior-free already: adding ln q gives the posterior under q, exactly as for the
+//!   logit-adjusted rules (subtracting ln pi here would count the training prior twice).
 //! * `ensemble`: g = f + alpha * proco (mirrors ProCo's logged training accuracy).
 //!
-//! The class-dependent constants (log C_p(k_y), h(k_y), ln pi_y) are computed once in
+//! The class-dependent constants (log C_p(k_y), h(k_y)) are computed once in
 //! [`ClassModel::new`]; a batch then costs one N x p by p x C matrix product plus O(N C) scalar work.
 
 use std::fmt;
@@ -299,7 +300,7 @@ impl ClassModel {
             Rule::Vmf => {
                 for mut row in g.axis_iter_mut(Axis(0)) {
                     for (y, v) in row.iter_mut().enumerate() {
-                        *v = self.log_cp[y] + self.kappa[y] * *v - self.log_prior[y];
+                        *v = self.log_cp[y] + self.kappa[y] * *v;
                     }
                 }
             }

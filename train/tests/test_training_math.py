@@ -62,9 +62,12 @@ def test_expected_contrastive_logits_and_posteriors_match_the_example():
     g = lb[None, :]
     np.testing.assert_allclose(M.posterior(g, 1.0, log_pi)[0], e["post_proco_train_prior"], atol=1e-12)
     np.testing.assert_allclose(M.posterior(g, 1.0, np.full(4, -math.log(4)))[0], e["post_proco_uniform"], atol=1e-12)
-    # The served `vmf` rule is balanced (ln pi subtracted), so adding ln pi back gives the generative posterior.
+    # The served `vmf` rule is the log-likelihood itself: adding ln q gives the posterior under q.
     gv = balanced_logits("vmf", z, np.zeros((1, 4)), mu, kappa, n, e["tau"], 1.0)
-    np.testing.assert_allclose(M.posterior(gv, 1.0, log_pi)[0], e["post_vmf_train_prior"], atol=1e-12)
+    for key, log_q in (("post_vmf_train_prior", log_pi), ("post_vmf_uniform", np.full(4, -math.log(4)))):
+        want = np.array(e[key])
+        got = M.posterior(gv, 1.0, log_q)[0]
+        assert np.all(np.abs(got - want) <= 1e-15 + 1e-9 * want), key
 
 
 def test_estimator_is_an_exact_running_mean_and_gives_the_official_kappa():
