@@ -292,8 +292,8 @@ fn classify_answers_with_everything_documented() {
     let jpeg = any_jpeg();
     let (status, body) = classify(&c, &server, "", "image/jpeg", jpeg.clone());
     assert_eq!(status, 200, "{body}");
-    // Defaults: rule proco, uniform prior, top 5.
-    assert_eq!(body["rule"], "proco");
+    // Defaults from config/default.toml: rule ensemble, uniform prior, top 5.
+    assert_eq!(body["rule"], "ensemble");
     assert_eq!(body["prior"]["name"], "uniform");
     assert_eq!(body["predictions"].as_array().unwrap().len(), 5);
     assert!(body["posterior"].is_null());
@@ -401,7 +401,7 @@ fn model_health_and_metrics_endpoints() {
         model["rules"],
         serde_json::json!(["linear", "proco", "vmf", "ensemble"])
     );
-    assert_eq!(model["default_rule"], "proco");
+    assert_eq!(model["default_rule"], "ensemble");
     assert_eq!(model["default_prior"], "uniform");
     assert_eq!(model["execution_provider"]["active"], "cpu");
     assert_eq!(model["execution_provider"]["requested"], "auto");

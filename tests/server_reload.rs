@@ -72,7 +72,9 @@ fn file_change_reloads_under_load_without_failing_a_request() {
     let c = client();
     let (_, model) = common::get_json(&c, &server, "/v1/model");
     let v1 = model["prototypes_version"].as_str().unwrap().to_string();
-    let t1 = model["temperatures"]["proco"].as_f64().unwrap();
+    // Requests name no rule, so they are answered with the default rule's temperature.
+    let default_rule = model["default_rule"].as_str().unwrap().to_string();
+    let t1 = model["temperatures"][&default_rule].as_f64().unwrap();
 
     // Client threads classifying continuously, recording (status, version, temperature).
     let stop = Arc::new(AtomicBool::new(false));

@@ -203,7 +203,11 @@ fn proco_example_logits_and_posteriors() {
             1e-10,
         ),
         // softmax(loglik + ln q): the generative posterior under the class prior q.
-        ("post_vmf_uniform", posterior(vmf_g.view(), 1.0, &unif), 1e-9),
+        (
+            "post_vmf_uniform",
+            posterior(vmf_g.view(), 1.0, &unif),
+            1e-9,
+        ),
         (
             "post_vmf_train_prior",
             posterior(vmf_g.view(), 1.0, &log_prior),

@@ -18,7 +18,7 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::Serialize;
 
 use super::ApiError;
@@ -95,11 +95,12 @@ pub async fn classify(
         .serving()
         .cloned()
         .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
-    let options = parse_query(request.uri().query().unwrap_or(""), &state, &serving)?;
-
-    let kind = media_kind(request.headers())?;
+    // The body is read (or drained) before anything is refused, so that every error reaches a
+    // client that is still sending rather than a connection reset under it.
     let (parts, body) = request.into_parts();
     let bytes = read_body(body, state.config.max_body_bytes, &parts.headers).await?;
+    let options = parse_query(parts.uri.query().unwrap_or(""), &state, &serving)?;
+    let kind = media_kind(&parts.headers)?;
     let inputs = match kind {
         MediaKind::Single => {
             if bytes.is_empty() {
@@ -246,29 +247,48 @@ fn media_kind(headers: &HeaderMap) -> Result<MediaKind, ApiError> {
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes (early when Content-Length says so).
-async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::BodyTooLarge(format!(
-            "the request body is larger than the limit of {limit} bytes"
-        ))
-    };
-    if let Some(len) = headers
+/// Past the limit a body is still read, and thrown away, up to this many bytes: closing a
+/// connection with request bytes unread makes the kernel reset it, and the client may then never
+/// see the 413 it is owed. Beyond this bound the connection is simply dropped.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Reads the whole body, refusing more than `limit` bytes (without keeping any of them when
+/// Content-Length already says so).
+async fn read_body(mut body: Body, limit: usize, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(too_large());
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut too_large = declared.is_some_and(|len| len > limit as u64);
+    let mut kept = Vec::with_capacity(if too_large {
+        0
+    } else {
+        declared.unwrap_or(0) as usize
+    });
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::InvalidMultipart(format!("cannot read the request body: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        too_large |= seen > limit;
+        if too_large {
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        } else {
+            kept.extend_from_slice(&data);
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::InvalidMultipart(format!(
-            "cannot read the request body: {e}"
-        ))),
+    if too_large {
+        return Err(ApiError::BodyTooLarge(format!(
+            "the request body is larger than the limit of {limit} bytes"
+        )));
     }
+    Ok(Bytes::from(kept))
 }
 
 async fn read_parts(req: Request, max_images: usize) -> Result<Vec<Input>, ApiError> {
