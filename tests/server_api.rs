@@ -79,6 +79,14 @@ fn bad_inputs_get_documented_errors() {
             "unsupported_media_type",
         ),
         (
+            "form content type (curl --data-binary's default)",
+            "",
+            "application/x-www-form-urlencoded",
+            jpeg.clone(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
             "json content type",
             "",
             "application/json",
@@ -212,13 +220,21 @@ fn bad_inputs_get_documented_errors() {
         expect_error(status, &json, want_status, want_code, what);
     }
 
-    // No Content-Type at all.
+    // No Content-Type at all (`curl -T`): the bytes decide, and bytes that are no image are refused.
     let r = c
         .post(server.url("/v1/classify"))
-        .body(jpeg.clone())
+        .body(b"definitely not an image".to_vec())
         .send()
         .unwrap();
-    assert_eq!(r.status(), 415);
+    let status = r.status().as_u16();
+    let json: serde_json::Value = r.json().unwrap();
+    expect_error(
+        status,
+        &json,
+        422,
+        "invalid_image",
+        "no Content-Type, not an image",
+    );
 
     // Multipart: one bad part fails the request, and the message names the part.
     let form = multipart::Form::new()
@@ -292,6 +308,15 @@ fn classify_answers_with_everything_documented() {
     let jpeg = any_jpeg();
     let (status, body) = classify(&c, &server, "", "image/jpeg", jpeg.clone());
     assert_eq!(status, 200, "{body}");
+    // `curl -T image.jpg`: a PUT with no Content-Type is the same request.
+    let put = c
+        .put(server.url("/v1/classify"))
+        .body(jpeg.clone())
+        .send()
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    let put: serde_json::Value = put.json().unwrap();
+    assert_eq!(put["predictions"], body["predictions"]);
     // Defaults from config/default.toml: rule ensemble, uniform prior, top 5.
     assert_eq!(body["rule"], "ensemble");
     assert_eq!(body["prior"]["name"], "uniform");

@@ -1,4 +1,5 @@
-//! `POST /v1/classify`: one image as the body (`image/*` or `application/octet-stream`), or
+//! `POST /v1/classify` (or `PUT`, as `curl -T` sends): one image as the body (`image/*`,
+//! `application/octet-stream` or no Content-Type), or
 //! several as `multipart/form-data` (answered in part order, each with its part name and
 //! filename).
 //!
@@ -228,11 +229,10 @@ enum MediaKind {
 }
 
 fn media_kind(headers: &HeaderMap) -> Result<MediaKind, ApiError> {
+    // No Content-Type (what `curl -T image.jpg` sends) is taken as one image: the decoder
+    // recognises the format from the bytes themselves.
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Err(ApiError::UnsupportedMediaType(
-            "missing Content-Type: send image/*, application/octet-stream or multipart/form-data"
-                .into(),
-        ));
+        return Ok(MediaKind::Single);
     };
     let value = value.to_str().unwrap_or("").to_ascii_lowercase();
     let essence = value.split(';').next().unwrap_or("").trim();
@@ -241,8 +241,13 @@ fn media_kind(headers: &HeaderMap) -> Result<MediaKind, ApiError> {
     } else if essence == "multipart/form-data" {
         Ok(MediaKind::Multipart)
     } else {
+        let hint = if essence == "application/x-www-form-urlencoded" {
+            " (curl --data-binary sends this unless told otherwise: add -H 'Content-Type: image/jpeg')"
+        } else {
+            ""
+        };
         Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type {essence:?} is not supported: send image/*, application/octet-stream or multipart/form-data"
+            "Content-Type {essence:?} is not supported: send image/*, application/octet-stream or multipart/form-data{hint}"
         )))
     }
 }

@@ -28,7 +28,10 @@ pub use error::ApiError;
 /// (so the error is our JSON), hence axum's default limit is disabled.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/classify", post(classify::classify))
+        .route(
+            "/v1/classify",
+            post(classify::classify).put(classify::classify),
+        )
         .route("/v1/model", get(info::model))
         .route("/health/live", get(info::live))
         .route("/health/ready", get(info::ready))
