@@ -92,7 +92,7 @@ def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str
         if os.path.exists(os.path.join(runs, f"{base}.pt")):
             export_onnx(load_model(os.path.join(runs, f"{base}.pt"))[0], os.path.join(model_dir, "baselines", f"{base}.onnx"))
     for name in os.listdir(runs):
-        if name.endswith(".log.jsonl"):
+        if name.endswith(".log.jsonl") or name == "console.log":
             shutil.copy(os.path.join(runs, name), os.path.join(model_dir, "logs", name))
 
     proto = prototypes_from(ckpt)
