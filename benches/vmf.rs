@@ -7,42 +7,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::Array2;
-use proco_serve::vmf::{log_bessel_ratio, log_iv, posterior, ClassModel, Rule};
+use proco_serve::vmf::{log_bessel_ratio, log_iv, posterior, Rule};
 
-/// Knuth's MMIX LCG; the top 53 bits as a uniform in [0, 1).
-struct Lcg(u64);
-
-impl Lcg {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform().max(1e-300), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-    fn unit(&mut self, p: usize) -> Vec<f64> {
-        let v: Vec<f64> = (0..p).map(|_| self.normal()).collect();
-        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        v.into_iter().map(|x| x / n).collect()
-    }
-}
-
-fn model(rng: &mut Lcg, c: usize, p: usize) -> ClassModel {
-    let labels = (0..c).map(|i| format!("class{i}")).collect();
-    let mu = (0..c).map(|_| rng.unit(p)).collect();
-    // kappa from 10 to 1e5 (ProCo's clamp), counts long-tailed with imbalance 100.
-    let kappa = (0..c)
-        .map(|i| 10f64.powf(1.0 + 4.0 * i as f64 / c as f64))
-        .collect();
-    let counts = (0..c)
-        .map(|i| (5000.0 * 0.01f64.powf(i as f64 / (c - 1) as f64)).floor())
-        .collect();
-    ClassModel::new(labels, p, 0.1, 1.0, mu, kappa, counts).expect("valid synthetic model")
-}
+#[path = "../tests/synthetic/mod.rs"]
+mod synthetic;
+use synthetic::{random_model, Lcg};
 
 fn bench_bessel(c: &mut Criterion) {
     let mut group = c.benchmark_group("log_iv");
@@ -64,7 +33,7 @@ fn bench_bessel(c: &mut Criterion) {
 fn bench_posterior(c: &mut Criterion) {
     let mut rng = Lcg(0x5eed);
     for (classes, dim) in [(10usize, 128usize), (1000, 128), (8142, 1024)] {
-        let m = model(&mut rng, classes, dim);
+        let m = random_model(&mut rng, classes, dim);
         let log_q = m.log_train_prior().to_vec();
         let mut group = c.benchmark_group(format!("posterior C={classes} p={dim}"));
         if classes * dim > 1_000_000 {

@@ -424,7 +424,7 @@ mod tests {
             let mut crc_input = kind.to_vec();
             crc_input.extend_from_slice(data);
             out.extend_from_slice(&crc_input);
-            out.extend_from_slice(&crc32(&crc_input).to_be_bytes());
+            out.extend_from_slice(&crc32fast::hash(&crc_input).to_be_bytes());
         }
         let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
         let mut ihdr = Vec::new();
@@ -434,21 +434,6 @@ mod tests {
         chunk(&mut out, b"IHDR", &ihdr);
         chunk(&mut out, b"IEND", &[]);
         out
-    }
-
-    fn crc32(data: &[u8]) -> u32 {
-        let mut crc = 0xFFFF_FFFFu32;
-        for &b in data {
-            crc ^= b as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
     }
 
     #[test]

@@ -13,26 +13,12 @@ use reqwest::blocking::multipart;
 
 /// A PNG made of a signature, an IHDR claiming `w` x `h`, and IEND: a header-only bomb.
 fn png_header(w: u32, h: u32) -> Vec<u8> {
-    fn crc32(data: &[u8]) -> u32 {
-        let mut crc = 0xFFFF_FFFFu32;
-        for &b in data {
-            crc ^= b as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
     fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
         out.extend_from_slice(&(data.len() as u32).to_be_bytes());
         let mut c = kind.to_vec();
         c.extend_from_slice(data);
         out.extend_from_slice(&c);
-        out.extend_from_slice(&crc32(&c).to_be_bytes());
+        out.extend_from_slice(&crc32fast::hash(&c).to_be_bytes());
     }
     let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
     let mut ihdr = w.to_be_bytes().to_vec();

@@ -3,11 +3,13 @@
 //! Checks are written `!(err <= tol)` on purpose, so that a NaN fails them.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+mod synthetic;
 use ndarray::Array2;
 use proco_serve::vmf::{
     em_label_shift, fit_temperature, kappa_mle, log_bessel_ratio, log_cp, log_iv,
     mean_resultant_ratio, posterior, ClassModel, Rule,
 };
+use synthetic::{random_model, Lcg};
 
 /// Orders crossing every branch: power series / ratio recurrence below 20, Debye from 20 on.
 const NUS: [f64; 14] = [
@@ -148,39 +150,6 @@ fn log_cp_closed_form_for_p3() {
             "kappa={k}: {got} vs {want}"
         );
     }
-}
-
-/// Small deterministic generator so the tests need no `rand`.
-struct Lcg(u64);
-impl Lcg {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform().max(1e-300), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-    fn unit(&mut self, p: usize) -> Vec<f64> {
-        let v: Vec<f64> = (0..p).map(|_| self.normal()).collect();
-        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        v.iter().map(|x| x / n).collect()
-    }
-}
-
-fn random_model(rng: &mut Lcg, c: usize, p: usize) -> ClassModel {
-    let labels = (0..c).map(|i| format!("c{i}")).collect();
-    let mu = (0..c).map(|_| rng.unit(p)).collect();
-    let kappa = (0..c)
-        .map(|i| 10f64.powf(1.0 + 4.0 * i as f64 / c as f64))
-        .collect();
-    let counts = (0..c)
-        .map(|i| 5000.0 * 0.01f64.powf(i as f64 / (c - 1) as f64))
-        .collect();
-    ClassModel::new(labels, p, 0.1, 1.0, mu, kappa, counts).unwrap()
 }
 
 /// The batched rules equal a per-image, per-class evaluation of the formulas.
