@@ -1,4 +1,4 @@
-"""Command line: `python -m train {fit,gpu-all,export,report} ...` (see train/README.md)."""
+"""Command line: `python -m train {fit,gpu-all,export,report,folders} ...` (see train/README.md)."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,12 @@ def main(argv=None):
     r.add_argument("--cache", default="data/cifar10_u8.npz")
     r.add_argument("--model-dir", default="models/cifar10-lt")
 
+    v = sub.add_parser("folders", help="write the validation split (and the LT training set) as <label>/*.jpg folders")
+    v.add_argument("--data", required=True)
+    v.add_argument("--cache", default="data/cifar10_u8.npz")
+    v.add_argument("--out", required=True)
+    v.add_argument("--with-train", action="store_true", help="also write the LT training subset")
+
     a = ap.parse_args(argv)
     if a.cmd == "fit":
         from .fit import run
@@ -58,6 +64,9 @@ def main(argv=None):
     elif a.cmd == "export":
         from .export import export_all
         export_all(a.runs, a.data, a.cache, a.model_dir, a.fixtures)
+    elif a.cmd == "folders":
+        from .data import write_folders
+        write_folders(a.data, a.cache, a.out, a.with_train)
     elif a.cmd == "report":
         from .report import write_report
         write_report(a.data, a.cache, a.model_dir)

@@ -101,3 +101,22 @@ def long_tailed_split(train_y: np.ndarray, seed: int = SEED, val_per_class: int 
         train_idx.append(kept)
         val_idx.append(rest[:val_per_class])
     return np.concatenate(train_idx), np.concatenate(val_idx)
+
+
+def write_folders(source: str, cache: str | None, out: str, with_train: bool = False):
+    """The split as image folders (`out/val/<label>/NNNN.jpg`, the original JPEG bytes), e.g. for
+    `proco-serve eval --fit-temperatures out/val`."""
+    cifar = load_cifar10(source, cache)
+    train_idx, val_idx = long_tailed_split(cifar.train_y)
+    wanted = {cifar.train_names[i]: "val" for i in val_idx}
+    if with_train:
+        wanted.update({cifar.train_names[i]: "train-lt" for i in train_idx})
+    written = 0
+    for split, cls, name, blob in _read_members(source):
+        where = wanted.get(f"{cls}/{name}") if split == "train" else None
+        if where:
+            os.makedirs(os.path.join(out, where, cls), exist_ok=True)
+            with open(os.path.join(out, where, cls, name), "wb") as f:
+                f.write(blob)
+            written += 1
+    print(f"wrote {written} images under {out}")
