@@ -68,6 +68,37 @@ pub enum DecodeError {
     Invalid(String),
 }
 
+/// Whether the JPEG's scan data is followed by an end-of-image marker. Only the bytes after the
+/// first start-of-scan are searched: before it, an EXIF thumbnail may hold an FF D9 of its own;
+/// inside entropy-coded data FF is always followed by 00 or a restart marker, so FF D9 there is the
+/// real end. Bytes after it (camera trailers, padding) are allowed.
+fn jpeg_has_end_of_image(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    let scan_start = loop {
+        while i < bytes.len() && bytes[i] == 0xFF && bytes.get(i + 1) == Some(&0xFF) {
+            i += 1; // fill bytes
+        }
+        let (Some(&0xFF), Some(&marker)) = (bytes.get(i), bytes.get(i + 1)) else {
+            return false;
+        };
+        if matches!(marker, 0x01 | 0xD0..=0xD7) {
+            i += 2; // markers without a length
+            continue;
+        }
+        let Some(len) = bytes.get(i + 2..i + 4) else {
+            return false;
+        };
+        let next = i + 2 + u16::from_be_bytes([len[0], len[1]]) as usize;
+        if marker == 0xDA {
+            break next;
+        }
+        i = next;
+    };
+    bytes
+        .get(scan_start..)
+        .is_some_and(|scan| scan.windows(2).any(|w| w == [0xFF, 0xD9]))
+}
+
 /// Sniffs and checks the format and completeness of `bytes`.
 fn check_container(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
     if bytes.is_empty() {
@@ -76,8 +107,7 @@ fn check_container(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
     let format = image::guess_format(bytes).map_err(|_| DecodeError::UnknownFormat)?;
     match format {
         ImageFormat::Jpeg => {
-            let end = trim_trailing_zeros(bytes);
-            if !end.ends_with(&[0xFF, 0xD9]) {
+            if !jpeg_has_end_of_image(bytes) {
                 return Err(DecodeError::Truncated(
                     "JPEG",
                     "no end-of-image marker (FF D9)".into(),
@@ -400,6 +430,15 @@ mod tests {
         let mut padded = jpeg.clone();
         padded.extend_from_slice(&[0, 0, 0]);
         assert!(decode(&padded, &limits).is_ok());
+        // Cameras append trailers after the end marker: still a whole image.
+        let mut trailer = jpeg.clone();
+        trailer.extend_from_slice(b"vendor trailer \xff\xd8 bytes");
+        assert!(decode(&trailer, &limits).is_ok());
+        // Cut just before the end marker: the scan is incomplete.
+        assert!(matches!(
+            decode(&jpeg[..jpeg.len() - 2], &limits),
+            Err(DecodeError::Truncated(..))
+        ));
         let png = encode(&sample(), ImageFormat::Png);
         assert!(matches!(
             decode(&png[..png.len() - 20], &limits),
