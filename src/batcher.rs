@@ -268,14 +268,6 @@ fn process(
             .with_label_values(&[prototypes.classes.labels()[s.top1].as_str()])
             .inc();
     }
-    let (estimate, samples) = engine.adaptive_estimate(&prototypes);
-    for (label, q) in prototypes.classes.labels().iter().zip(&estimate) {
-        metrics
-            .adaptive_prior
-            .with_label_values(&[label.as_str()])
-            .set(*q);
-    }
-    metrics.adaptive_samples.set(samples as f64);
 
     let mut scored = scored.into_iter();
     for job in jobs {

@@ -3,11 +3,11 @@
 //! This is the thin layer between the batcher and the pure vMF math (`crate::vmf`): it
 //! picks the rule and temperature per request, builds ln q for the requested prior
 //! (uniform, training, adaptive or explicit weights), computes the posterior
-//! softmax(g / T + ln q) and the top-k, and feeds the adaptive prior's EM.
+//! softmax(g / T + ln q) and the top-k, and feeds the adaptive prior's EM (on its own thread).
 //!
 //! One batch is always scored against one prototypes snapshot, handed in by the caller.
 
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 
 use ndarray::{Array2, Axis};
 use serde::Serialize;
@@ -107,10 +107,76 @@ pub struct Scored {
     pub top1: usize,
 }
 
+/// The adaptive prior of one prototypes version, kept by a thread of its own.
+///
+/// Why a thread: one EM refresh costs window x C per iteration, which at iNaturalist scale
+/// (2048 x 8142) is tens of milliseconds per iteration and can run to seconds; done inline it
+/// would stall the encoder's thread. Rows are handed over without waiting; if the worker is a
+/// whole window behind, new rows are dropped (the estimate follows recent traffic, it is not a
+/// ledger). Requests read the last published estimate, which lags by less than one chunk.
 struct AdaptiveState {
-    /// Prototypes version the estimate belongs to; a swap restarts the estimate.
+    /// Prototypes version the estimate belongs to; a swap starts a fresh worker (the old one
+    /// ends when its channel closes).
     version: String,
-    prior: AdaptivePrior,
+    /// Rows not yet handed over: they go in chunks, so the worker is woken once per chunk
+    /// rather than once per image.
+    pending: Vec<Vec<f64>>,
+    chunk: usize,
+    rows: mpsc::SyncSender<Vec<Vec<f64>>>,
+    /// (estimate, rows in the window), as of the worker's last update.
+    published: Arc<Mutex<(Vec<f64>, usize)>>,
+}
+
+impl AdaptiveState {
+    fn start(version: String, config: AdaptivePriorConfig, train_prior: Vec<f64>) -> Self {
+        let chunk = config.refresh_every.clamp(1, 32);
+        let (rows, inbox) =
+            mpsc::sync_channel::<Vec<Vec<f64>>>(config.window.div_ceil(chunk).max(1));
+        let published = Arc::new(Mutex::new((train_prior.clone(), 0)));
+        let out = published.clone();
+        let worker = std::thread::Builder::new()
+            .name("adaptive-prior".into())
+            .spawn(move || {
+                let mut prior = AdaptivePrior::new(config, train_prior);
+                while let Ok(chunk) = inbox.recv() {
+                    chunk.iter().for_each(|row| prior.observe(row));
+                    while let Ok(chunk) = inbox.try_recv() {
+                        chunk.iter().for_each(|row| prior.observe(row));
+                    }
+                    *out.lock().unwrap_or_else(|e| e.into_inner()) =
+                        (prior.estimate().to_vec(), prior.samples());
+                }
+            });
+        if let Err(e) = worker {
+            tracing::error!(
+                "cannot start the adaptive-prior thread ({e}): prior=adaptive stays at the training prior"
+            );
+        }
+        AdaptiveState {
+            version,
+            pending: Vec::with_capacity(chunk),
+            chunk,
+            rows,
+            published,
+        }
+    }
+
+    /// Queues one calibrated row; hands a full chunk to the worker without waiting (if the
+    /// worker is a whole window behind, the chunk is dropped).
+    fn observe(&mut self, row: Vec<f64>) {
+        self.pending.push(row);
+        if self.pending.len() >= self.chunk {
+            let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(self.chunk));
+            let _ = self.rows.try_send(chunk);
+        }
+    }
+
+    fn estimate(&self) -> (Vec<f64>, usize) {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Scores batches and keeps the adaptive prior.
@@ -134,8 +200,7 @@ impl Engine {
     /// images were seen) and the number of images in its window.
     pub fn adaptive_estimate(&self, protos: &Prototypes) -> (Vec<f64>, usize) {
         let mut guard = self.adaptive.lock().unwrap_or_else(|e| e.into_inner());
-        let state = self.state_for(&mut guard, protos);
-        (state.prior.estimate().to_vec(), state.prior.samples())
+        self.state_for(&mut guard, protos).estimate()
     }
 
     fn state_for<'a>(
@@ -144,19 +209,17 @@ impl Engine {
         protos: &Prototypes,
     ) -> &'a mut AdaptiveState {
         if guard.as_ref().is_none_or(|s| s.version != protos.version) {
-            *guard = Some(AdaptiveState {
-                version: protos.version.clone(),
-                prior: AdaptivePrior::new(
-                    self.adaptive_config.clone(),
-                    protos.classes.train_prior(),
-                ),
-            });
+            *guard = Some(AdaptiveState::start(
+                protos.version.clone(),
+                self.adaptive_config.clone(),
+                protos.classes.train_prior(),
+            ));
         }
         guard.as_mut().expect("just set")
     }
 
-    /// Scores every row of `out`; `options[i]` applies to row i. Uses and then updates the
-    /// adaptive prior (the estimate used is the one from before this batch).
+    /// Scores every row of `out`; `options[i]` applies to row i. Uses the adaptive prior's last
+    /// published estimate, then hands this batch's rows to its worker.
     pub fn score(
         &self,
         protos: &Prototypes,
@@ -188,7 +251,7 @@ impl Engine {
 
         let mut guard = self.adaptive.lock().unwrap_or_else(|e| e.into_inner());
         let state = self.state_for(&mut guard, protos);
-        let adaptive_q = state.prior.estimate().to_vec();
+        let (adaptive_q, _) = state.estimate();
 
         let uniform_log = vec![0.0; c];
         let adaptive_log: Vec<f64> = adaptive_q.iter().map(|q| q.ln()).collect();
@@ -225,8 +288,7 @@ impl Engine {
         let g = g_of(self.adaptive_rule);
         let t = protos.temperature(self.adaptive_rule);
         for row in g.rows() {
-            let calibrated: Vec<f64> = row.iter().map(|v| v / t).collect();
-            state.prior.observe(&calibrated);
+            state.observe(row.iter().map(|v| v / t).collect());
         }
         Ok(results)
     }

@@ -713,7 +713,15 @@ fn adaptive_prior_follows_the_traffic() {
         let (status, body) = classify(&c, &server, "", "image/jpeg", bytes);
         assert_eq!(status, 200, "{body}");
     }
-    let (_, model) = get_json(&c, &server, "/v1/model");
+    // The EM runs on its own thread: wait until it has taken in all 24 images.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let model = loop {
+        let (_, model) = get_json(&c, &server, "/v1/model");
+        if model["adaptive_prior"]["samples"] == 24 || std::time::Instant::now() > deadline {
+            break model;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let adaptive: Vec<f64> = model["adaptive_prior"]["estimate"]
         .as_array()
         .unwrap()

@@ -111,6 +111,19 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // The adaptive prior lives on its own thread: read its estimate at scrape time.
+    if let Some(serving) = state.serving() {
+        let protos = serving.store.snapshot();
+        let (estimate, samples) = serving.engine.adaptive_estimate(&protos);
+        for (label, q) in protos.classes.labels().iter().zip(&estimate) {
+            state
+                .metrics
+                .adaptive_prior
+                .with_label_values(&[label.as_str()])
+                .set(*q);
+        }
+        state.metrics.adaptive_samples.set(samples as f64);
+    }
     (
         [(
             header::CONTENT_TYPE,
