@@ -185,6 +185,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("listening on http://{addr}");
 
+    let hangup = crate::reload::listen_for_hangup();
     let (fail_tx, mut fail_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
     let loader_state = state.clone();
     tokio::spawn(async move {
@@ -195,7 +196,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 let serving = Arc::new(serving);
                 let _ = loader_state.serving.set(serving.clone());
                 tracing::info!("ready");
-                crate::reload::spawn_watchers(loader_state.clone(), serving);
+                crate::reload::spawn_watchers(loader_state.clone(), serving, hangup);
             }
             Ok(Err(e)) => {
                 let _ = fail_tx.send(e).await;

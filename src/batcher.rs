@@ -8,8 +8,9 @@
 //!
 //! Admission is a semaphore with `queue_capacity` permits, one per admitted image, taken
 //! with `try_acquire` before the image is even decoded, so a full server answers at once
-//! (503 + Retry-After) instead of piling up latency. A request's permits are released when
-//! its answer arrives.
+//! (503 + Retry-After) instead of piling up latency. A request's permits are released only
+//! when no work of it is left: its decodes have finished and its job has been answered or
+//! dropped (a client that hangs up does not free room its images still occupy).
 //!
 //! Each batch takes one prototypes snapshot, so every image in it is scored with the same
 //! version, whatever reloads happen meanwhile.
@@ -53,6 +54,9 @@ struct Job {
     options: RequestOptions,
     enqueued: Instant,
     reply: oneshot::Sender<Result<JobResult, String>>,
+    /// The request's admission permits: they stay taken while the job is queued or running,
+    /// even if the client has gone away meanwhile.
+    _admission: Arc<OwnedSemaphorePermit>,
 }
 
 /// The queue is full; try again later.
@@ -112,7 +116,7 @@ impl Batcher {
         &self,
         images: Vec<Vec<f32>>,
         options: RequestOptions,
-        permit: OwnedSemaphorePermit,
+        admission: Arc<OwnedSemaphorePermit>,
     ) -> Result<JobResult, BatchError> {
         debug_assert!(images.iter().all(|i| i.len() == self.input_len));
         let n = images.len() as i64;
@@ -123,14 +127,13 @@ impl Batcher {
             options,
             enqueued: Instant::now(),
             reply,
+            _admission: admission,
         };
         if self.tx.send(job).is_err() {
             self.metrics.queue_depth.sub(n);
             return Err(BatchError::Stopped);
         }
-        let result = answer.await;
-        drop(permit);
-        match result {
+        match answer.await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(BatchError::Failed(e)),
             Err(_) => Err(BatchError::Stopped),

@@ -285,8 +285,12 @@ impl Config {
         if self.max_body_bytes == 0 || self.max_pixels == 0 {
             bail!("max_body_bytes and max_pixels must be positive");
         }
-        if !(self.adaptive_floor >= 0.0 && self.adaptive_floor < 1.0) {
-            bail!("adaptive_floor must be in [0, 1)");
+        // Zero would let EM drive a class to exactly 0 and then to 0/0 = NaN.
+        if !(self.adaptive_floor > 0.0 && self.adaptive_floor < 1.0) {
+            bail!("adaptive_floor must be in (0, 1)");
+        }
+        if self.max_queue_delay_ms > 60_000 {
+            bail!("max_queue_delay_ms must be at most 60000 (one minute)");
         }
         if self.adaptive_window == 0 || self.adaptive_refresh_every == 0 {
             bail!("adaptive_window and adaptive_refresh_every must be at least 1");
@@ -319,6 +323,29 @@ mod tests {
         assert_eq!(c.max_batch_size, 8);
         assert_eq!(c.queue_capacity, 99);
         assert_eq!(c.max_pixels, 40_000_000);
+    }
+
+    #[test]
+    fn settings_that_would_break_serving_are_refused() {
+        for (args, what) in [
+            (
+                ServeArgs {
+                    adaptive_floor: Some(0.0),
+                    ..Default::default()
+                },
+                "adaptive_floor",
+            ),
+            (
+                ServeArgs {
+                    max_queue_delay_ms: Some(u64::MAX),
+                    ..Default::default()
+                },
+                "max_queue_delay_ms",
+            ),
+        ] {
+            let err = format!("{:#}", Config::resolve(&args).unwrap_err());
+            assert!(err.contains(what), "{err}");
+        }
     }
 
     #[test]

@@ -67,9 +67,11 @@ impl PriorSpec {
         if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
             return Err(format!("prior weight {w} is not a finite positive number"));
         }
-        let total: f64 = weights.iter().sum();
+        // Scale by the largest first: the plain sum of weights near f64::MAX overflows.
+        let largest = weights.iter().copied().fold(0.0, f64::max);
+        let total: f64 = weights.iter().map(|w| w / largest).sum();
         Ok(PriorSpec::Explicit(
-            weights.iter().map(|w| w / total).collect(),
+            weights.iter().map(|w| w / largest / total).collect(),
         ))
     }
 }
@@ -322,6 +324,11 @@ mod tests {
         assert!(PriorSpec::parse("1,2", 3).is_err());
         assert!(PriorSpec::parse("1,0,2", 3).is_err());
         assert!(PriorSpec::parse("1,x,2", 3).is_err());
+        // Huge but finite weights normalise instead of overflowing to NaN.
+        let PriorSpec::Explicit(q) = PriorSpec::parse("1e308,1e308,1e308", 3).unwrap() else {
+            panic!("explicit")
+        };
+        assert!(q.iter().all(|v| (v - 1.0 / 3.0).abs() < 1e-15), "{q:?}");
         assert!(PriorSpec::parse("bogus", 3)
             .unwrap_err()
             .contains("unknown prior"));

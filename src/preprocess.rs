@@ -99,6 +99,17 @@ fn jpeg_has_end_of_image(bytes: &[u8]) -> bool {
         .is_some_and(|scan| scan.windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
+/// Most scans a progressive JPEG may have. Each scan walks every block of the image, so
+/// thousands of near-empty scans make a small file cost minutes of CPU; real encoders write
+/// about ten.
+const MAX_JPEG_SCANS: usize = 256;
+
+/// Start-of-scan markers in the file (inside entropy-coded data FF is always escaped, so each
+/// FF DA is a real scan; the tables before the first scan hold none).
+fn jpeg_scan_count(bytes: &[u8]) -> usize {
+    bytes.windows(2).filter(|w| *w == [0xFF, 0xDA]).count()
+}
+
 /// Sniffs and checks the format and completeness of `bytes`.
 fn check_container(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
     if bytes.is_empty() {
@@ -112,6 +123,12 @@ fn check_container(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
                     "JPEG",
                     "no end-of-image marker (FF D9)".into(),
                 ));
+            }
+            let scans = jpeg_scan_count(bytes);
+            if scans > MAX_JPEG_SCANS {
+                return Err(DecodeError::Invalid(format!(
+                    "the JPEG has {scans} scans, more than the {MAX_JPEG_SCANS} this server decodes"
+                )));
             }
         }
         ImageFormat::Png => {
@@ -315,18 +332,18 @@ pub fn resize_for(img: &RgbImage, manifest: &ModelManifest) -> RgbImage {
     match manifest.resize {
         ResizePolicy::Stretch => image::imageops::resize(img, tw, th, manifest.filter),
         ResizePolicy::ShorterSideThenCenterCrop => {
-            // Scale so that both sides cover the target, the shorter one exactly.
+            // Cut the centre region that "shorter side to the target, then centre crop" keeps
+            // from the source first, then resize only that: resizing the whole image first
+            // would blow a thin image (1 x 40,000,000 px) up to billions of pixels.
             let scale = f64::max(tw as f64 / w as f64, th as f64 / h as f64);
-            let nw = ((w as f64 * scale).round() as u32).max(tw);
-            let nh = ((h as f64 * scale).round() as u32).max(th);
-            let resized = if (nw, nh) == (w, h) {
-                img.clone()
+            let cw = ((tw as f64 / scale).round() as u32).clamp(1, w);
+            let ch = ((th as f64 / scale).round() as u32).clamp(1, h);
+            let region = image::imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch);
+            if (cw, ch) == (tw, th) {
+                region.to_image()
             } else {
-                image::imageops::resize(img, nw, nh, manifest.filter)
-            };
-            let x = (nw - tw) / 2;
-            let y = (nh - th) / 2;
-            image::imageops::crop_imm(&resized, x, y, tw, th).to_image()
+                image::imageops::resize(&*region, tw, th, manifest.filter)
+            }
         }
     }
 }
@@ -360,6 +377,62 @@ mod tests {
         DynamicImage::ImageRgb8(RgbImage::from_fn(40, 30, |x, y| {
             image::Rgb([(x * 6) as u8, (y * 8) as u8, 128])
         }))
+    }
+
+    fn cifar_manifest() -> ModelManifest {
+        let text = r#"
+name = "m"
+encoder = "encoder.onnx"
+prototypes = "prototypes.json"
+[input]
+name = "image"
+height = 32
+width = 32
+color_order = "rgb"
+resize = "shorter_side_then_center_crop"
+filter = "triangle"
+[outputs]
+feature = "feature"
+logits = "logits"
+embedding = "embedding"
+"#;
+        ModelManifest::parse(text, std::path::Path::new("/m")).unwrap()
+    }
+
+    #[test]
+    fn thin_images_are_cropped_before_they_are_resized() {
+        // Resizing first would make this 32 x 12,800,000 (1.2 GB); cropping first keeps
+        // a 2 x 2 centre region. Its colour marks the middle, so the crop is checked too.
+        let (w, h) = (2, 800_000);
+        let img = RgbImage::from_fn(w, h, |_, y| {
+            if y.abs_diff(h / 2) < 4 {
+                image::Rgb([200, 10, 10])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let out = resize_for(&img, &cifar_manifest());
+        assert_eq!(out.dimensions(), (32, 32));
+        assert_eq!(out.get_pixel(16, 16).0, [200, 10, 10]);
+        // An ordinary photo-shaped image keeps its centre, as shorter-side-then-crop does.
+        let wide = RgbImage::from_fn(64, 32, |x, _| image::Rgb([(x * 4) as u8, 0, 0]));
+        let out = resize_for(&wide, &cifar_manifest());
+        assert_eq!(out.dimensions(), (32, 32));
+        assert_eq!(out.get_pixel(0, 0).0[0], 64);
+    }
+
+    #[test]
+    fn progressive_scan_bombs_are_refused() {
+        let jpeg = encode(&sample(), ImageFormat::Jpeg);
+        let mut bomb = jpeg[..jpeg.len() - 2].to_vec();
+        for _ in 0..300 {
+            bomb.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x02]);
+        }
+        bomb.extend_from_slice(&[0xFF, 0xD9]);
+        match decode(&bomb, &DecodeLimits::default()) {
+            Err(DecodeError::Invalid(m)) => assert!(m.contains("scans"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

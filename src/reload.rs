@@ -41,6 +41,10 @@ pub fn reload_now(
     serving: &Serving,
     trigger: Trigger,
 ) -> Result<ReloadOutcome, PrototypeError> {
+    // One reload at a time, its recording included, so that the version metric follows the
+    // swaps in the order they happened.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let result = serving.store.reload();
     record(state, serving, trigger, &result);
     result
@@ -99,30 +103,49 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     })
 }
 
+/// The SIGHUP stream, taken before the model loads: until a handler is installed, SIGHUP's
+/// default action ends the process.
+#[cfg(unix)]
+pub type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+pub type Hangup = ();
+
+/// Installs the SIGHUP handler (call early, inside the runtime).
+pub fn listen_for_hangup() -> Hangup {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        }
+    }
+}
+
 /// Starts the file poller and the SIGHUP listener.
-pub fn spawn_watchers(state: Arc<AppState>, serving: Arc<Serving>) {
+pub fn spawn_watchers(state: Arc<AppState>, serving: Arc<Serving>, hangup: Hangup) {
     let poll = state.config.reload_poll_ms;
     if poll > 0 {
         let (state, serving) = (state.clone(), serving.clone());
         tokio::spawn(async move { poll_file(state, serving, Duration::from_millis(poll)).await });
     }
     #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGHUP: {e}");
-                return;
+    if let Some(mut hup) = hangup {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let (state, serving) = (state.clone(), serving.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    reload_now(&state, &serving, Trigger::Sighup)
+                })
+                .await;
             }
-        };
-        while hup.recv().await.is_some() {
-            let (state, serving) = (state.clone(), serving.clone());
-            let _ =
-                tokio::task::spawn_blocking(move || reload_now(&state, &serving, Trigger::Sighup))
-                    .await;
-        }
-    });
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = hangup;
 }
 
 async fn poll_file(state: Arc<AppState>, serving: Arc<Serving>, every: Duration) {

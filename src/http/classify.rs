@@ -124,12 +124,14 @@ pub async fn classify(
 
     // Admission before any decoding work: a full server says so at once, and the permits
     // (one per image, held until the answer) also bound how many images are being decoded.
-    let permit = serving.batcher.try_admit(inputs.len()).map_err(|_| {
+    // Every decode task and the queued job hold a share, so room is given back only when the
+    // work is really done, even if this handler returns early with an error.
+    let admission = Arc::new(serving.batcher.try_admit(inputs.len()).map_err(|_| {
         ApiError::QueueFull(format!(
             "the server is at capacity ({} images in flight); retry shortly",
             state.config.queue_capacity
         ))
-    })?;
+    })?);
 
     // Decode every image off the async runtime, in parallel.
     let mut handles = Vec::with_capacity(inputs.len());
@@ -137,7 +139,9 @@ pub async fn classify(
         let bytes = input.bytes.clone();
         let serving = serving.clone();
         let metrics = state.metrics.clone();
+        let admission = admission.clone();
         handles.push(tokio::task::spawn_blocking(move || {
+            let _admission = admission;
             let t = Instant::now();
             let r = preprocess::decode(&bytes, &serving.limits)
                 .map(|img| preprocess::to_chw(&img, &serving.manifest));
@@ -161,7 +165,7 @@ pub async fn classify(
 
     let result = serving
         .batcher
-        .submit(tensors, options, permit)
+        .submit(tensors, options, admission)
         .await
         .map_err(|e| match e {
             BatchError::Failed(m) => ApiError::Internal(m),
@@ -272,9 +276,8 @@ async fn read_body(mut body: Body, limit: usize, headers: &HeaderMap) -> Result<
     });
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::InvalidMultipart(format!("cannot read the request body: {e}"))
-        })?;
+        let frame = frame
+            .map_err(|e| ApiError::IncompleteBody(format!("cannot read the request body: {e}")))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };

@@ -34,6 +34,9 @@ pub enum ApiError {
     /// 400 invalid_multipart: a malformed multipart body.
     #[error("{0}")]
     InvalidMultipart(String),
+    /// 400 incomplete_body: the body ended early or broke off (fewer bytes than Content-Length).
+    #[error("{0}")]
+    IncompleteBody(String),
     /// 400 invalid_rule.
     #[error("{0}")]
     InvalidRule(String),
@@ -76,8 +79,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            EmptyBody(_) | InvalidMultipart(_) | InvalidRule(_) | InvalidPrior(_)
-            | InvalidTopK(_) | InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            EmptyBody(_) | InvalidMultipart(_) | IncompleteBody(_) | InvalidRule(_)
+            | InvalidPrior(_) | InvalidTopK(_) | InvalidParameter(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             InvalidImage(_) | InvalidPrototypes(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ImageTooLarge(_) | BodyTooLarge(_) | TooManyImages(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,6 +103,7 @@ impl ApiError {
             BodyTooLarge(_) => "body_too_large",
             TooManyImages(_) => "too_many_images",
             InvalidMultipart(_) => "invalid_multipart",
+            IncompleteBody(_) => "incomplete_body",
             InvalidRule(_) => "invalid_rule",
             InvalidPrior(_) => "invalid_prior",
             InvalidTopK(_) => "invalid_top_k",

@@ -84,7 +84,7 @@ pub enum ModelError {
     },
     #[error("mean direction of class {class} has norm {norm}, expected 1 (within 1e-6)")]
     NotUnit { class: usize, norm: f64 },
-    #[error("kappa of class {class} is {value}; it must be finite and > 0")]
+    #[error("kappa of class {class} is {value}; it must be > 0 and at most 1e6 (the range the Bessel functions are verified on)")]
     BadKappa { class: usize, value: f64 },
     #[error("count of class {class} is {value}; it must be finite and > 0")]
     BadCount { class: usize, value: f64 },
@@ -125,7 +125,7 @@ pub struct ClassModel {
 
 impl ClassModel {
     /// Validates and precomputes. `mu` holds one unit vector of length `dim` per class
-    /// (norm within 1e-6 of 1); `kappa` and `counts` must be finite and positive; `tau > 0`;
+    /// (norm within 1e-6 of 1); `kappa` in (0, 1e6]; `counts` finite and positive; `tau > 0`;
     /// `alpha` finite.
     pub fn new(
         labels: Vec<String>,
@@ -183,7 +183,7 @@ impl ClassModel {
             flat.extend_from_slice(row);
         }
         for (y, &k) in kappa.iter().enumerate() {
-            if !(k.is_finite() && k > 0.0) {
+            if !(k > 0.0 && k <= 1e6) {
                 return Err(ModelError::BadKappa { class: y, value: k });
             }
         }
@@ -398,6 +398,11 @@ mod tests {
         assert!(matches!(
             ok(mu.clone(), vec![1.0, f64::INFINITY], vec![3.0, 1.0]),
             Err(ModelError::BadKappa { .. })
+        ));
+        // Finite but beyond the verified range: kappa^2 would overflow into NaN answers.
+        assert!(matches!(
+            ok(mu.clone(), vec![1.0, 1e200], vec![3.0, 1.0]),
+            Err(ModelError::BadKappa { class: 1, .. })
         ));
         assert!(matches!(
             ok(mu.clone(), vec![1.0, 2.0], vec![3.0, 0.0]),
