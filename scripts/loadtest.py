@@ -489,7 +489,7 @@ def main():
     ap.add_argument("--binary", default=DEFAULT_BINARY)
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra argument for the started server (repeatable)")
-    ap.add_argument("--server-log", default="loadtest-server.log", help="the started server's stderr")
+    ap.add_argument("--server-log", default="target/loadtest-server.log", help="the started server's stderr (default under target/, which git ignores)")
     ap.add_argument("--ready-timeout", type=float, default=120.0)
     ap.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level")
