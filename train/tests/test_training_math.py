@@ -124,3 +124,21 @@ def test_long_tailed_split_counts_and_disjointness():
     assert not set(train) & set(val)
     again, _ = D.long_tailed_split(y)
     assert np.array_equal(train, again)
+
+
+def test_shipped_prototypes_follow_the_documented_schema():
+    import copy
+
+    import jsonschema
+
+    root = Path(__file__).resolve().parents[2]
+    schema = json.loads((root / "docs" / "prototypes.schema.json").read_text())
+    doc = json.loads((root / "models" / "cifar10-lt" / "prototypes.json").read_text())
+    jsonschema.validate(doc, schema)
+    bad = copy.deepcopy(doc)
+    bad["classes"][0]["kappa"] = -1.0
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    # The content-derived version is what the exporter computes.
+    from train.export import version_id
+    assert doc["version"] == version_id(doc)
