@@ -133,13 +133,9 @@ impl ModelManifest {
     }
 }
 
+/// The bundled CIFAR-10-LT manifest, for tests across the crate.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_contract_example() {
-        let text = r#"
+pub(crate) const EXAMPLE: &str = r#"
 name = "cifar10-lt-proco-resnet32"
 encoder = "encoder.onnx"
 prototypes = "prototypes.json"
@@ -155,7 +151,14 @@ feature = "feature"
 logits = "logits"
 embedding = "embedding"
 "#;
-        let m = ModelManifest::parse(text, Path::new("/m")).unwrap();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_contract_example() {
+        let m = ModelManifest::parse(EXAMPLE, Path::new("/m")).unwrap();
         assert_eq!(m.encoder_path, Path::new("/m/encoder.onnx"));
         assert_eq!(m.input.height, 32);
         assert_eq!(m.resize, ResizePolicy::ShorterSideThenCenterCrop);

@@ -380,23 +380,7 @@ mod tests {
     }
 
     fn cifar_manifest() -> ModelManifest {
-        let text = r#"
-name = "m"
-encoder = "encoder.onnx"
-prototypes = "prototypes.json"
-[input]
-name = "image"
-height = 32
-width = 32
-color_order = "rgb"
-resize = "shorter_side_then_center_crop"
-filter = "triangle"
-[outputs]
-feature = "feature"
-logits = "logits"
-embedding = "embedding"
-"#;
-        ModelManifest::parse(text, std::path::Path::new("/m")).unwrap()
+        ModelManifest::parse(crate::manifest::EXAMPLE, std::path::Path::new("/m")).unwrap()
     }
 
     #[test]
