@@ -6,6 +6,8 @@
 //! Checks are written `!(err <= tol)` on purpose, so that a NaN fails them.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+mod report;
+
 use std::sync::OnceLock;
 
 use ndarray::Array2;
@@ -44,17 +46,10 @@ fn matrix(v: &Value) -> Array2<f64> {
     Array2::from_shape_vec((rows.len(), cols), rows.concat()).expect("rectangular")
 }
 
-/// Panics listing every failure (up to 20) if there are any.
+/// Panics listing every failure (up to 20) if there are any, or if nothing was checked.
 fn report(what: &str, checked: usize, failures: Vec<String>) {
     assert!(checked > 0, "{what}: nothing checked");
-    if !failures.is_empty() {
-        let shown: Vec<_> = failures.iter().take(20).cloned().collect();
-        panic!(
-            "{what}: {} of {checked} outside tolerance:\n{}",
-            failures.len(),
-            shown.join("\n")
-        );
-    }
+    report::assert_none(&format!("{what} ({checked} checked)"), &failures);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! Checks are written `!(err <= tol)` on purpose, so that a NaN fails them.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+mod report;
 mod synthetic;
 use ndarray::Array2;
 use proco_serve::vmf::{
@@ -50,11 +51,9 @@ fn three_term_recurrence_holds_in_log_form() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {checked} fail:\n{}",
-        failures.len(),
-        failures.join("\n")
+    report::assert_none(
+        &format!("three_term_recurrence_holds_in_log_form ({checked} checked)"),
+        &failures,
     );
 }
 
@@ -91,17 +90,7 @@ fn monotonicity() {
             x *= 1.001;
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    report::assert_none("monotonicity", &failures);
 }
 
 /// kappa_mle inverts A_p: A_p(kappa_mle(p, R)) = R.
@@ -124,17 +113,7 @@ fn kappa_mle_round_trip() {
         }
     }
     eprintln!("kappa_mle round trip: worst relative error {worst:.2e}");
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    report::assert_none("kappa_mle_round_trip", &failures);
 }
 
 /// log C_p integrates the density to 1: for p = 3, C_3(k) = k / (4 pi sinh k) in closed form.
