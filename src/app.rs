@@ -1,131 +1,75 @@
 //! Wiring: bind the listener, load the model in the background, start the batcher, the
-//! prototype watcher and the HTTP server, and shut down cleanly on Ctrl-C / SIGTERM.
+//! prototype watchers and the HTTP server, and shut down cleanly on Ctrl-C / SIGTERM.
 //!
 //! The listener is bound first so that `/health/live` answers while the model loads;
 //! `/health/ready` turns 200 only once the encoder is loaded and a warm-up batch ran.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::batcher::{BatchConfig, Batcher};
-use crate::config::{Config, DefaultPrior};
+use crate::config::Config;
 use crate::encoder::{Encoder, Threads};
-use crate::engine::{Engine, PriorSpec};
+use crate::engine::Engine;
+use crate::infer::Infer;
 use crate::manifest::ModelManifest;
 use crate::preprocess::DecodeLimits;
-use crate::prototypes::PrototypeStore;
+use crate::prototypes::{EncoderShape, PrototypeStore, Prototypes};
+use crate::reload::Reloader;
+use crate::state::{AppState, ProviderReport, Serving};
 use crate::telemetry::Metrics;
 use crate::vmf::AdaptivePriorConfig;
-
-/// Everything that exists once the model is loaded.
-pub struct Serving {
-    pub manifest: ModelManifest,
-    pub store: Arc<PrototypeStore>,
-    pub engine: Arc<Engine>,
-    pub batcher: Batcher,
-    /// "cuda" or "cpu": what actually runs the encoder.
-    pub provider: String,
-    pub requested_provider: String,
-    pub fallback_reason: Option<String>,
-    pub feature_dim: usize,
-    pub num_classes: usize,
-    pub limits: DecodeLimits,
-    pub default_prior: PriorSpec,
-}
-
-/// Shared by every handler.
-pub struct AppState {
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub serving: OnceLock<Arc<Serving>>,
-}
-
-impl AppState {
-    pub fn new(config: Config) -> Self {
-        AppState {
-            config,
-            metrics: Arc::new(Metrics::new()),
-            serving: OnceLock::new(),
-        }
-    }
-
-    /// The loaded model, if loading has finished.
-    pub fn serving(&self) -> Option<&Arc<Serving>> {
-        self.serving.get()
-    }
-}
 
 /// Loads the manifest, the encoder (with warm-up), the prototypes, and starts the batcher.
 /// Blocking: call from a blocking thread.
 pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
-    let manifest = ModelManifest::load(&config.model_dir)?;
+    let manifest = Arc::new(ModelManifest::load(&config.model_dir)?);
     let lib = crate::encoder::init_runtime()?;
     tracing::info!("ONNX Runtime loaded from {}", lib.display());
-    let encoder = Encoder::load(
-        &manifest,
-        &config.model_dir,
-        config.execution_provider,
-        Threads {
-            intra: config.intra_threads,
-            inter: config.inter_threads,
-        },
-    )
-    .with_context(|| format!("cannot load the encoder of {}", config.model_dir.display()))?;
-    let provider = encoder.provider().to_string();
-    let fallback_reason = encoder.fallback_reason().map(str::to_string);
-    let feature_dim = encoder.feature_dim();
-    let num_classes = encoder.num_classes();
+    let threads = Threads {
+        intra: config.intra_threads,
+        inter: config.inter_threads,
+    };
+    let encoder = Encoder::load(&manifest, config.execution_provider, threads)
+        .with_context(|| format!("cannot load the encoder of {}", config.model_dir.display()))?;
+    let provider = ProviderReport {
+        active: encoder.provider().to_string(),
+        requested: config.execution_provider.to_string(),
+        fallback_reason: encoder.fallback_reason().map(str::to_string),
+    };
+    let shape = EncoderShape {
+        model: manifest.name.clone(),
+        feature_dim: encoder.feature_dim(),
+        num_classes: encoder.num_classes(),
+    };
     let store = Arc::new(
-        PrototypeStore::open(&manifest.prototypes_path, feature_dim, num_classes)
+        PrototypeStore::open(&manifest.prototypes_path, shape.clone())
             .with_context(|| format!("cannot use {}", manifest.prototypes_path.display()))?,
     );
     let snapshot = store.snapshot();
-    match (&fallback_reason, config.execution_provider) {
-        (Some(reason), _) => tracing::warn!(
+    match &provider.fallback_reason {
+        Some(reason) => tracing::warn!(
             "serving model {} on CPU: CUDA not available ({reason})",
             manifest.name
         ),
-        (None, _) => tracing::info!(
+        None => tracing::info!(
             "serving model {} on {} (requested: {})",
             manifest.name,
-            provider.to_uppercase(),
-            config.execution_provider
+            provider.active.to_uppercase(),
+            provider.requested
         ),
     }
     tracing::info!(
-        "prototypes version {} ({} classes, feature dim {feature_dim}), default rule {}",
+        "prototypes version {} ({} classes, feature dim {}), default rule {}",
         snapshot.version,
-        num_classes,
+        shape.num_classes,
+        shape.feature_dim,
         config.default_rule
     );
-
-    metrics
-        .execution_provider_info
-        .with_label_values(&[provider.as_str(), &config.execution_provider.to_string()])
-        .set(1.0);
-    metrics
-        .model_info
-        .with_label_values(&[
-            manifest.name.as_str(),
-            &feature_dim.to_string(),
-            &num_classes.to_string(),
-        ])
-        .set(1.0);
-    metrics.set_prototypes_version(None, &snapshot.version);
-    for (label, q) in snapshot
-        .classes
-        .labels()
-        .iter()
-        .zip(snapshot.classes.train_prior())
-    {
-        metrics
-            .adaptive_prior
-            .with_label_values(&[label.as_str()])
-            .set(q);
-    }
+    publish_model_metrics(&metrics, &provider, &shape, &snapshot);
 
     let engine = Arc::new(Engine::new(
         AdaptivePriorConfig {
@@ -139,6 +83,10 @@ pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
     ));
     let batcher = Batcher::spawn(
         encoder,
+        (
+            manifest.input.height as usize,
+            manifest.input.width as usize,
+        ),
         store.clone(),
         engine.clone(),
         metrics.clone(),
@@ -148,23 +96,57 @@ pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
             queue_capacity: config.queue_capacity,
         },
     )?;
+    let infer = Infer::new(
+        batcher,
+        manifest.clone(),
+        DecodeLimits::from_max_pixels(config.max_pixels),
+        metrics.clone(),
+        config.queue_capacity,
+    );
     Ok(Serving {
         manifest,
+        reloader: Arc::new(Reloader::new(store.clone(), metrics)),
         store,
         engine,
-        batcher,
+        infer,
         provider,
-        requested_provider: config.execution_provider.to_string(),
-        fallback_reason,
-        feature_dim,
-        num_classes,
-        limits: DecodeLimits::from_max_pixels(config.max_pixels),
-        default_prior: match config.default_prior {
-            DefaultPrior::Uniform => PriorSpec::Uniform,
-            DefaultPrior::Train => PriorSpec::Train,
-            DefaultPrior::Adaptive => PriorSpec::Adaptive,
-        },
+        feature_dim: shape.feature_dim,
+        num_classes: shape.num_classes,
+        default_prior: config.default_prior,
     })
+}
+
+/// The `_info` gauges and the adaptive prior's starting point (the training prior).
+fn publish_model_metrics(
+    metrics: &Metrics,
+    provider: &ProviderReport,
+    shape: &EncoderShape,
+    protos: &Prototypes,
+) {
+    metrics
+        .execution_provider_info
+        .with_label_values(&[provider.active.as_str(), provider.requested.as_str()])
+        .set(1.0);
+    metrics
+        .model_info
+        .with_label_values(&[
+            shape.model.as_str(),
+            &shape.feature_dim.to_string(),
+            &shape.num_classes.to_string(),
+        ])
+        .set(1.0);
+    metrics.set_prototypes_version(None, &protos.version);
+    for (label, q) in protos
+        .classes
+        .labels()
+        .iter()
+        .zip(protos.classes.train_prior())
+    {
+        metrics
+            .adaptive_prior
+            .with_label_values(&[label.as_str()])
+            .set(q);
+    }
 }
 
 /// Runs the server until Ctrl-C or SIGTERM. Prints `proco-serve listening on <addr>` on
@@ -191,22 +173,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let config = loader_state.config.clone();
         let metrics = loader_state.metrics.clone();
-        match tokio::task::spawn_blocking(move || load(&config, metrics)).await {
+        let failure = match tokio::task::spawn_blocking(move || load(&config, metrics)).await {
             Ok(Ok(serving)) => {
-                let serving = Arc::new(serving);
-                let _ = loader_state.serving.set(serving.clone());
+                let reloader = serving.reloader.clone();
+                let _ = loader_state.serving.set(Arc::new(serving));
+                loader_state.metrics.ready.set(1);
                 tracing::info!("ready");
-                crate::reload::spawn_watchers(loader_state.clone(), serving, hangup);
+                let poll = Duration::from_millis(loader_state.config.reload_poll_ms);
+                crate::reload::spawn_watchers(reloader, poll, hangup);
+                return;
             }
-            Ok(Err(e)) => {
-                let _ = fail_tx.send(e).await;
-            }
-            Err(join) => {
-                let _ = fail_tx
-                    .send(anyhow::anyhow!("model loading panicked: {join}"))
-                    .await;
-            }
-        }
+            Ok(Err(e)) => e,
+            Err(join) => anyhow::anyhow!("model loading panicked: {join}"),
+        };
+        let _ = fail_tx.send(failure).await;
     });
 
     // TCP_NODELAY on every connection: without it, Nagle + delayed ACK add ~40 ms to

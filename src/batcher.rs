@@ -1,10 +1,11 @@
 //! Dynamic batching in front of the encoder.
 //!
 //! ONNX Runtime's `Session::run` blocks and needs `&mut`, so one dedicated OS thread owns
-//! the [`Encoder`]. Requests reach it through a channel; each carries a oneshot sender for
-//! its answer. The thread takes whatever is queued, up to `max_batch_size` images, and
-//! waits for more only while the oldest queued image is younger than `max_queue_delay`
-//! (so under load it never waits, and an idle server adds at most that delay).
+//! the encoder (anything that implements [`Encode`]). Requests reach it through a channel;
+//! each carries a oneshot sender for its answer. The thread takes whatever is queued, up to
+//! `max_batch_size` images, and waits for more only while the oldest queued image is younger
+//! than `max_queue_delay` (so under load it never waits, and an idle server adds at most that
+//! delay).
 //!
 //! Admission is a semaphore with `queue_capacity` permits, one per admitted image, taken
 //! with `try_acquire` before the image is even decoded, so a full server answers at once
@@ -13,20 +14,25 @@
 //! dropped (a client that hangs up does not free room its images still occupy).
 //!
 //! Each batch takes one prototypes snapshot, so every image in it is scored with the same
-//! version, whatever reloads happen meanwhile.
+//! version, whatever reloads happen meanwhile. A batch that fails or panics is answered with
+//! an error and the thread goes on; [`Health`] tells readiness whether batches succeed.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ndarray::{concatenate, Array4, Axis};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::encoder::{Encoder, EncoderOutput};
+use crate::encoder::{Encode, EncoderOutput};
 use crate::engine::{Engine, RequestOptions, Scored};
 use crate::prototypes::{PrototypeStore, Prototypes};
 use crate::telemetry::Metrics;
+
+/// Consecutive failed batches after which the server reports itself not ready.
+pub const FAILURES_BEFORE_UNREADY: u32 = 3;
 
 /// Batching settings.
 #[derive(Clone, Copy, Debug)]
@@ -48,11 +54,16 @@ pub struct JobResult {
     pub batch_size: usize,
 }
 
-struct Job {
+/// What one job asks the encoder and engine to do.
+struct Work {
     /// CHW float images, each `3 * H * W`.
     images: Vec<Vec<f32>>,
     options: RequestOptions,
     enqueued: Instant,
+}
+
+struct Job {
+    work: Work,
     reply: oneshot::Sender<Result<JobResult, String>>,
     /// The request's admission permits: they stay taken while the job is queued or running,
     /// even if the client has gone away meanwhile.
@@ -72,34 +83,112 @@ pub enum BatchError {
     Stopped,
 }
 
+/// Whether the inference thread is there and its batches succeed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Readiness {
+    Ready,
+    /// The last `batches` batches (at least [`FAILURES_BEFORE_UNREADY`]) all failed.
+    Failing {
+        batches: u32,
+        last_error: String,
+    },
+    /// The inference thread has ended.
+    Stopped,
+}
+
+/// Written by the inference thread, read by `/health/ready` and `/metrics`.
+#[derive(Default)]
+pub struct Health {
+    stopped: AtomicBool,
+    consecutive_failures: AtomicU32,
+    last_error: Mutex<String>,
+}
+
+impl Health {
+    pub fn readiness(&self) -> Readiness {
+        if self.stopped.load(Ordering::Acquire) {
+            return Readiness::Stopped;
+        }
+        let batches = self.consecutive_failures.load(Ordering::Acquire);
+        if batches >= FAILURES_BEFORE_UNREADY {
+            let last_error = self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            return Readiness::Failing {
+                batches,
+                last_error,
+            };
+        }
+        Readiness::Ready
+    }
+
+    fn succeeded(&self) {
+        self.consecutive_failures.store(0, Ordering::Release);
+    }
+
+    fn failed(&self, error: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error.to_string();
+        self.consecutive_failures.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Marks the thread stopped however it ends (channel closed, or a panic outside a batch).
+struct StopGuard(Arc<Health>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+    }
+}
+
+/// What the inference thread reads besides its queue.
+struct Shared {
+    store: Arc<PrototypeStore>,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    config: BatchConfig,
+}
+
 /// Handle to the batching thread; cheap to share.
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     input_len: usize,
 }
 
 impl Batcher {
-    /// Starts the thread that owns `encoder`.
+    /// Starts the thread that owns `encoder`, whose input is `[N, 3, height, width]`.
     pub fn spawn(
-        encoder: Encoder,
+        encoder: impl Encode,
+        input_size: (usize, usize),
         store: Arc<PrototypeStore>,
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
         config: BatchConfig,
     ) -> std::io::Result<Batcher> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let (h, w) = encoder.input_size();
-        let worker_metrics = metrics.clone();
+        let health = Arc::new(Health::default());
+        let shared = Shared {
+            store,
+            engine,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            config,
+        };
         std::thread::Builder::new()
             .name("proco-batcher".into())
-            .spawn(move || run(encoder, rx, store, engine, worker_metrics, config))?;
+            .spawn(move || run(encoder, input_size, rx, shared))?;
         Ok(Batcher {
             tx,
             permits: Arc::new(Semaphore::new(config.queue_capacity)),
             metrics,
-            input_len: 3 * h * w,
+            health,
+            input_len: 3 * input_size.0 * input_size.1,
         })
     }
 
@@ -109,6 +198,11 @@ impl Batcher {
             .clone()
             .try_acquire_many_owned(images as u32)
             .map_err(|_| QueueFull)
+    }
+
+    /// Whether the inference thread runs and its batches succeed.
+    pub fn readiness(&self) -> Readiness {
+        self.health.readiness()
     }
 
     /// Queues the images (all of one request) and waits for the answer.
@@ -123,9 +217,11 @@ impl Batcher {
         let (reply, answer) = oneshot::channel();
         self.metrics.queue_depth.add(n);
         let job = Job {
-            images,
-            options,
-            enqueued: Instant::now(),
+            work: Work {
+                images,
+                options,
+                enqueued: Instant::now(),
+            },
             reply,
             _admission: admission,
         };
@@ -141,116 +237,124 @@ impl Batcher {
     }
 }
 
+/// The inference thread: collect a batch, run it, answer, repeat until every sender is gone.
 fn run(
-    mut encoder: Encoder,
+    mut encoder: impl Encode,
+    input_size: (usize, usize),
     rx: mpsc::Receiver<Job>,
-    store: Arc<PrototypeStore>,
-    engine: Arc<Engine>,
-    metrics: Arc<Metrics>,
-    config: BatchConfig,
+    shared: Shared,
 ) {
+    let _stopped = StopGuard(shared.health.clone());
     let mut pending: Option<Job> = None;
-    loop {
-        let first = match pending.take() {
-            Some(job) => job,
-            None => match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return, // every sender is gone: the server is shutting down
-            },
-        };
-        let deadline = first.enqueued + config.max_queue_delay;
-        let mut images = first.images.len();
-        let mut jobs = vec![first];
-        while images < config.max_batch_size {
-            let next = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        None
-                    } else {
-                        rx.recv_timeout(deadline - now).ok()
-                    }
-                }
-            };
-            let Some(job) = next else { break };
-            if images + job.images.len() > config.max_batch_size {
-                pending = Some(job);
-                break;
-            }
-            images += job.images.len();
-            jobs.push(job);
-        }
-        metrics.queue_depth.sub(images as i64);
-        // A panic while processing must not kill the thread: the jobs' reply senders are
-        // dropped during unwinding, so their requests get an error, and we carry on.
+    while let Some(jobs) = collect(&rx, &mut pending, shared.config) {
+        let images: usize = jobs.iter().map(|j| j.work.images.len()).sum();
+        shared.metrics.queue_depth.sub(images as i64);
+        let (work, replies): (Vec<Work>, Vec<_>) = jobs
+            .into_iter()
+            .map(|j| (j.work, (j.reply, j._admission)))
+            .unzip();
+        // A panic while processing must not kill the thread: its requests get an error
+        // answer, and we carry on with the next batch.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            process(&mut encoder, jobs, &store, &engine, &metrics, config)
-        }));
-        if outcome.is_err() {
-            tracing::error!("a batch panicked; its requests were answered with an error");
+            process(&mut encoder, input_size, &work, &shared)
+        }))
+        .unwrap_or_else(|panic| Err(format!("the batch panicked: {}", panic_message(&panic))));
+        match &outcome {
+            Ok(_) => shared.health.succeeded(),
+            Err(e) => {
+                tracing::error!("a batch of {images} images failed: {e}");
+                shared.metrics.batch_failures.inc();
+                shared.health.failed(e);
+            }
+        }
+        match outcome {
+            Ok(results) => {
+                for ((reply, _admission), result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                for (reply, _admission) in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
 
-fn process(
-    encoder: &mut Encoder,
-    jobs: Vec<Job>,
-    store: &PrototypeStore,
-    engine: &Engine,
-    metrics: &Metrics,
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
+}
+
+/// Takes the next batch: the first queued job, then whatever else is queued (waiting until
+/// the first job's deadline at most) up to `max_batch_size` images. `None`: shutting down.
+fn collect(
+    rx: &mpsc::Receiver<Job>,
+    pending: &mut Option<Job>,
     config: BatchConfig,
-) {
+) -> Option<Vec<Job>> {
+    let first = match pending.take() {
+        Some(job) => job,
+        None => rx.recv().ok()?, // every sender is gone: the server is shutting down
+    };
+    let deadline = first.work.enqueued + config.max_queue_delay;
+    let mut images = first.work.images.len();
+    let mut jobs = vec![first];
+    while images < config.max_batch_size {
+        let next = match rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Disconnected) => None,
+            Err(TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    None
+                } else {
+                    rx.recv_timeout(deadline - now).ok()
+                }
+            }
+        };
+        let Some(job) = next else { break };
+        if images + job.work.images.len() > config.max_batch_size {
+            *pending = Some(job);
+            break;
+        }
+        images += job.work.images.len();
+        jobs.push(job);
+    }
+    Some(jobs)
+}
+
+/// Encodes and scores one batch; one result per job, in order.
+fn process(
+    encoder: &mut impl Encode,
+    (h, w): (usize, usize),
+    jobs: &[Work],
+    shared: &Shared,
+) -> Result<Vec<JobResult>, String> {
     let started = Instant::now();
-    let prototypes = store.snapshot();
-    let (h, w) = encoder.input_size();
+    let prototypes = shared.store.snapshot();
+    let metrics = &shared.metrics;
     let total: usize = jobs.iter().map(|j| j.images.len()).sum();
     metrics.batch_size.observe(total as f64);
-    for job in &jobs {
+    for job in jobs {
         let q = started.duration_since(job.enqueued);
         for _ in 0..job.images.len() {
             metrics.queue_duration.observe(q.as_secs_f64());
         }
     }
 
-    // Encoder, in chunks of max_batch_size (only a single oversized job needs more than one).
     let mut flat: Vec<f32> = Vec::with_capacity(total * 3 * h * w);
-    for job in &jobs {
-        for img in &job.images {
-            flat.extend_from_slice(img);
-        }
+    for img in jobs.iter().flat_map(|j| &j.images) {
+        flat.extend_from_slice(img);
     }
-    let batch = match Array4::from_shape_vec((total, 3, h, w), flat) {
-        Ok(b) => b,
-        Err(e) => return fail(jobs, format!("bad input tensor: {e}")),
-    };
+    let batch = Array4::from_shape_vec((total, 3, h, w), flat)
+        .map_err(|e| format!("bad input tensor: {e}"))?;
     let t0 = Instant::now();
-    let mut parts: Vec<EncoderOutput> = Vec::new();
-    let mut start = 0;
-    while start < total {
-        let end = (start + config.max_batch_size).min(total);
-        match encoder.run(batch.slice(ndarray::s![start..end, .., .., ..])) {
-            Ok(out) => parts.push(out),
-            Err(e) => {
-                tracing::error!("encoder failed on a batch of {total}: {e:#}");
-                return fail(jobs, format!("{e:#}"));
-            }
-        }
-        start = end;
-    }
-    let out = if parts.len() == 1 {
-        parts.pop().expect("one part")
-    } else {
-        let cat = |f: fn(&EncoderOutput) -> ndarray::ArrayView2<f32>| {
-            concatenate(Axis(0), &parts.iter().map(f).collect::<Vec<_>>()).expect("same widths")
-        };
-        EncoderOutput {
-            feature: cat(|p| p.feature.view()),
-            logits: cat(|p| p.logits.view()),
-            embedding: cat(|p| p.embedding.view()),
-        }
-    };
+    let out = encode_in_chunks(encoder, batch, shared.config.max_batch_size)?;
     let inference = t0.elapsed();
     metrics.inference_duration.observe(inference.as_secs_f64());
 
@@ -259,10 +363,10 @@ fn process(
         .iter()
         .flat_map(|j| std::iter::repeat_n(&j.options, j.images.len()))
         .collect();
-    let scored = match engine.score(&prototypes, &out, &options) {
-        Ok(s) => s,
-        Err(e) => return fail(jobs, format!("scoring failed: {e}")),
-    };
+    let scored = shared
+        .engine
+        .score(&prototypes, &out, &options)
+        .map_err(|e| format!("scoring failed: {e}"))?;
     let posterior = t1.elapsed();
     metrics.posterior_duration.observe(posterior.as_secs_f64());
     for s in &scored {
@@ -273,21 +377,49 @@ fn process(
     }
 
     let mut scored = scored.into_iter();
-    for job in jobs {
-        let mine: Vec<Scored> = scored.by_ref().take(job.images.len()).collect();
-        let _ = job.reply.send(Ok(JobResult {
+    Ok(jobs
+        .iter()
+        .map(|job| JobResult {
             prototypes: prototypes.clone(),
-            scored: mine,
+            scored: scored.by_ref().take(job.images.len()).collect(),
             queue: started.duration_since(job.enqueued),
             inference,
             posterior,
             batch_size: total,
-        }));
-    }
+        })
+        .collect())
 }
 
-fn fail(jobs: Vec<Job>, message: String) {
-    for job in jobs {
-        let _ = job.reply.send(Err(message.clone()));
+/// Runs the encoder in chunks of `max_batch_size` (only a single oversized job needs more
+/// than one) and stacks the outputs.
+fn encode_in_chunks(
+    encoder: &mut impl Encode,
+    batch: Array4<f32>,
+    max_batch_size: usize,
+) -> Result<EncoderOutput, String> {
+    let total = batch.shape()[0];
+    let mut parts: Vec<EncoderOutput> = Vec::new();
+    let mut start = 0;
+    while start < total {
+        let end = (start + max_batch_size).min(total);
+        let out = encoder
+            .run(batch.slice(ndarray::s![start..end, .., .., ..]))
+            .map_err(|e| format!("the encoder failed: {e:#}"))?;
+        parts.push(out);
+        start = end;
     }
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
+    let cat = |f: fn(&EncoderOutput) -> ndarray::ArrayView2<f32>| {
+        concatenate(Axis(0), &parts.iter().map(f).collect::<Vec<_>>())
+            .map_err(|e| format!("encoder outputs of different widths: {e}"))
+    };
+    Ok(EncoderOutput {
+        feature: cat(|p| p.feature.view())?,
+        logits: cat(|p| p.logits.view())?,
+    })
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,9 @@
 //!
 //! Each setting has exactly one name, spelled the same way everywhere: the TOML key
 //! `max_batch_size` is the flag `--max-batch-size` and the variable `PROCO_MAX_BATCH_SIZE`.
-//! clap merges flags and environment (flag wins); the TOML file fills what neither gave.
+//! The settings are listed once, in the [`settings!`] table below: it makes the flags
+//! (clap merges flags and environment, flag wins), the TOML reader (the same struct, unknown
+//! keys refused) and the resolved [`Config`] with its defaults.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,196 +13,108 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::encoder::ProviderChoice;
+use crate::engine::PriorName;
 use crate::vmf::Rule;
 
-/// Where the encoder runs. `auto` tries CUDA and falls back to CPU (and says so);
-/// `cuda` refuses to start without it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderChoice {
-    Auto,
-    Cuda,
-    Cpu,
+/// A clap value parser whose error names the setting by its key (`default_rule: unknown
+/// rule "softmax" ...`), the way the TOML reader and the validation do.
+fn parse_as<T>(key: &'static str) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    move |s: &str| s.parse::<T>().map_err(|e| format!("{key}: {e}"))
 }
 
-impl std::fmt::Display for ProviderChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ProviderChoice::Auto => "auto",
-            ProviderChoice::Cuda => "cuda",
-            ProviderChoice::Cpu => "cpu",
-        })
-    }
+/// One row per setting: doc (the `--help` text), optional extra clap attributes in brackets,
+/// `name: type = default, env "PROCO_NAME"`.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $([$($arg:tt)*])?
+        $name:ident : $ty:ty = $default:expr, env $env:literal;
+    )*) => {
+        /// Flags of the `serve` command, and the keys of its TOML file. Every field is optional,
+        /// so that "not given" falls through to the file and then to the built-in default.
+        #[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct ServeArgs {
+            /// TOML configuration file [default: config/default.toml, skipped if absent]
+            #[arg(long, env = "PROCO_CONFIG")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env, value_parser = parse_as::<$ty>(stringify!($name)) $(, $($arg)*)?)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// The resolved configuration the server runs with.
+        #[derive(Clone, Debug)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $name: $default, )* }
+            }
+        }
+
+        impl Config {
+            /// Flags and environment (merged by clap) over `file` over the defaults.
+            fn layer(args: &ServeArgs, file: ServeArgs) -> Config {
+                let d = Config::default();
+                Config { $( $name: args.$name.clone().or(file.$name).unwrap_or(d.$name), )* }
+            }
+        }
+    };
 }
 
-/// Command-line flags of the `serve` command (the default command). Every field is optional
-/// so that "not given" falls through to the TOML file and then to the built-in default.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct ServeArgs {
-    /// TOML configuration file [default: config/default.toml, skipped if absent]
-    #[arg(long, env = "PROCO_CONFIG")]
-    pub config: Option<PathBuf>,
+settings! {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port)
-    #[arg(long, env = "PROCO_LISTEN")]
-    pub listen: Option<String>,
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env "PROCO_LISTEN";
     /// Directory with model.toml, the ONNX encoder and prototypes.json
-    #[arg(long, env = "PROCO_MODEL_DIR")]
-    pub model_dir: Option<PathBuf>,
+    model_dir: PathBuf = PathBuf::from("models/cifar10-lt"), env "PROCO_MODEL_DIR";
     /// Rule used when a request gives none: linear | proco | vmf | ensemble
-    #[arg(long, env = "PROCO_DEFAULT_RULE")]
-    pub default_rule: Option<String>,
+    default_rule: Rule = Rule::Proco, env "PROCO_DEFAULT_RULE";
     /// Prior used when a request gives none: uniform | train | adaptive
-    #[arg(long, env = "PROCO_DEFAULT_PRIOR")]
-    pub default_prior: Option<String>,
+    default_prior: PriorName = PriorName::Uniform, env "PROCO_DEFAULT_PRIOR";
     /// Most images the encoder runs in one batch
-    #[arg(long, env = "PROCO_MAX_BATCH_SIZE")]
-    pub max_batch_size: Option<usize>,
+    max_batch_size: usize = 64, env "PROCO_MAX_BATCH_SIZE";
     /// Longest a queued image waits for others to join its batch, in ms (0: never wait)
-    #[arg(long, env = "PROCO_MAX_QUEUE_DELAY_MS")]
-    pub max_queue_delay_ms: Option<u64>,
+    max_queue_delay_ms: u64 = 0, env "PROCO_MAX_QUEUE_DELAY_MS";
     /// Images admitted and not yet answered (decoding, queued or in the encoder); beyond this, requests get 503 + Retry-After
-    #[arg(long, env = "PROCO_QUEUE_CAPACITY")]
-    pub queue_capacity: Option<usize>,
+    queue_capacity: usize = 256, env "PROCO_QUEUE_CAPACITY";
     /// Largest accepted request body, in bytes
-    #[arg(long, env = "PROCO_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<usize>,
+    max_body_bytes: usize = 8 * 1024 * 1024, env "PROCO_MAX_BODY_BYTES";
     /// Largest accepted image, in pixels (width x height), checked before decoding
-    #[arg(long, env = "PROCO_MAX_PIXELS")]
-    pub max_pixels: Option<u64>,
+    max_pixels: u64 = 40_000_000, env "PROCO_MAX_PIXELS";
     /// Most images in one multipart request
-    #[arg(long, env = "PROCO_MAX_IMAGES_PER_REQUEST")]
-    pub max_images_per_request: Option<usize>,
+    max_images_per_request: usize = 64, env "PROCO_MAX_IMAGES_PER_REQUEST";
     /// Images the adaptive prior remembers (sliding window)
-    #[arg(long, env = "PROCO_ADAPTIVE_WINDOW")]
-    pub adaptive_window: Option<usize>,
+    adaptive_window: usize = 2048, env "PROCO_ADAPTIVE_WINDOW";
     /// Images seen before the adaptive prior departs from the training prior
-    #[arg(long, env = "PROCO_ADAPTIVE_MIN_SAMPLES")]
-    pub adaptive_min_samples: Option<usize>,
+    adaptive_min_samples: usize = 256, env "PROCO_ADAPTIVE_MIN_SAMPLES";
     /// Smallest probability the adaptive prior gives any class
-    #[arg(long, env = "PROCO_ADAPTIVE_FLOOR")]
-    pub adaptive_floor: Option<f64>,
+    adaptive_floor: f64 = 1e-4, env "PROCO_ADAPTIVE_FLOOR";
     /// Re-estimate the adaptive prior every this many images
-    #[arg(long, env = "PROCO_ADAPTIVE_REFRESH_EVERY")]
-    pub adaptive_refresh_every: Option<usize>,
-    /// Bearer token for POST /admin/reload (unset: the endpoint answers 403)
-    #[arg(long, env = "PROCO_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    adaptive_refresh_every: usize = 64, env "PROCO_ADAPTIVE_REFRESH_EVERY";
+    /// Bearer token for POST /admin/reload (unset or empty: the endpoint answers 403)
+    [hide_env_values = true]
+    admin_token: String = String::new(), env "PROCO_ADMIN_TOKEN";
     /// auto | cuda | cpu
-    #[arg(long, env = "PROCO_EXECUTION_PROVIDER")]
-    pub execution_provider: Option<ProviderChoice>,
+    execution_provider: ProviderChoice = ProviderChoice::Auto, env "PROCO_EXECUTION_PROVIDER";
     /// ONNX Runtime threads inside one operator (0: ONNX Runtime decides)
-    #[arg(long, env = "PROCO_INTRA_THREADS")]
-    pub intra_threads: Option<usize>,
+    intra_threads: usize = 0, env "PROCO_INTRA_THREADS";
     /// ONNX Runtime threads across operators (0: ONNX Runtime decides)
-    #[arg(long, env = "PROCO_INTER_THREADS")]
-    pub inter_threads: Option<usize>,
+    inter_threads: usize = 0, env "PROCO_INTER_THREADS";
     /// How often the prototypes file is checked for changes, in ms (0: never)
-    #[arg(long, env = "PROCO_RELOAD_POLL_MS")]
-    pub reload_poll_ms: Option<u64>,
+    reload_poll_ms: u64 = 500, env "PROCO_RELOAD_POLL_MS";
     /// Log filter: error | warn | info | debug | trace, or a tracing directive
-    #[arg(long, env = "PROCO_LOG_LEVEL")]
-    pub log_level: Option<String>,
-}
-
-/// The TOML file: the same names, all optional. Unknown keys are an error, so a typo
-/// does not silently fall back to a default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    model_dir: Option<PathBuf>,
-    default_rule: Option<String>,
-    default_prior: Option<String>,
-    max_batch_size: Option<usize>,
-    max_queue_delay_ms: Option<u64>,
-    queue_capacity: Option<usize>,
-    max_body_bytes: Option<usize>,
-    max_pixels: Option<u64>,
-    max_images_per_request: Option<usize>,
-    adaptive_window: Option<usize>,
-    adaptive_min_samples: Option<usize>,
-    adaptive_floor: Option<f64>,
-    adaptive_refresh_every: Option<usize>,
-    admin_token: Option<String>,
-    execution_provider: Option<ProviderChoice>,
-    intra_threads: Option<usize>,
-    inter_threads: Option<usize>,
-    reload_poll_ms: Option<u64>,
-    log_level: Option<String>,
-}
-
-/// A prior that can be a server default (explicit weights are per request only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DefaultPrior {
-    Uniform,
-    Train,
-    Adaptive,
-}
-
-impl std::str::FromStr for DefaultPrior {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "uniform" => Ok(Self::Uniform),
-            "train" => Ok(Self::Train),
-            "adaptive" => Ok(Self::Adaptive),
-            other => Err(format!(
-                "unknown prior {other:?}: expected uniform, train or adaptive"
-            )),
-        }
-    }
-}
-
-/// The resolved configuration the server runs with.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub model_dir: PathBuf,
-    pub default_rule: Rule,
-    pub default_prior: DefaultPrior,
-    pub max_batch_size: usize,
-    pub max_queue_delay_ms: u64,
-    pub queue_capacity: usize,
-    pub max_body_bytes: usize,
-    pub max_pixels: u64,
-    pub max_images_per_request: usize,
-    pub adaptive_window: usize,
-    pub adaptive_min_samples: usize,
-    pub adaptive_floor: f64,
-    pub adaptive_refresh_every: usize,
-    pub admin_token: Option<String>,
-    pub execution_provider: ProviderChoice,
-    pub intra_threads: usize,
-    pub inter_threads: usize,
-    pub reload_poll_ms: u64,
-    pub log_level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: "127.0.0.1:8080".parse().unwrap(),
-            model_dir: PathBuf::from("models/cifar10-lt"),
-            default_rule: Rule::Proco,
-            default_prior: DefaultPrior::Uniform,
-            max_batch_size: 64,
-            max_queue_delay_ms: 0,
-            queue_capacity: 256,
-            max_body_bytes: 8 * 1024 * 1024,
-            max_pixels: 40_000_000,
-            max_images_per_request: 64,
-            adaptive_window: 2048,
-            adaptive_min_samples: 256,
-            adaptive_floor: 1e-4,
-            adaptive_refresh_every: 64,
-            admin_token: None,
-            execution_provider: ProviderChoice::Auto,
-            intra_threads: 0,
-            inter_threads: 0,
-            reload_poll_ms: 500,
-            log_level: "info".to_string(),
-        }
-    }
+    log_level: String = "info".to_string(), env "PROCO_LOG_LEVEL";
 }
 
 const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
@@ -213,56 +127,16 @@ impl Config {
             None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
                 read_file(Path::new(DEFAULT_CONFIG_FILE))?
             }
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        let d = Config::default();
-        macro_rules! pick {
-            ($name:ident) => {
-                args.$name.clone().or(file.$name.clone())
-            };
-        }
-        let listen = pick!(listen).unwrap_or_else(|| d.listen.to_string());
-        let listen: SocketAddr = listen
-            .parse()
-            .with_context(|| format!("listen: {listen:?} is not an address like 127.0.0.1:8080"))?;
-        let default_rule = match pick!(default_rule) {
-            Some(s) => s
-                .parse::<Rule>()
-                .map_err(|e| anyhow::anyhow!("default_rule: {e}"))?,
-            None => d.default_rule,
-        };
-        let default_prior = match pick!(default_prior) {
-            Some(s) => s
-                .parse::<DefaultPrior>()
-                .map_err(|e| anyhow::anyhow!("default_prior: {e}"))?,
-            None => d.default_prior,
-        };
-        let cfg = Config {
-            listen,
-            model_dir: pick!(model_dir).unwrap_or(d.model_dir),
-            default_rule,
-            default_prior,
-            max_batch_size: pick!(max_batch_size).unwrap_or(d.max_batch_size),
-            max_queue_delay_ms: pick!(max_queue_delay_ms).unwrap_or(d.max_queue_delay_ms),
-            queue_capacity: pick!(queue_capacity).unwrap_or(d.queue_capacity),
-            max_body_bytes: pick!(max_body_bytes).unwrap_or(d.max_body_bytes),
-            max_pixels: pick!(max_pixels).unwrap_or(d.max_pixels),
-            max_images_per_request: pick!(max_images_per_request)
-                .unwrap_or(d.max_images_per_request),
-            adaptive_window: pick!(adaptive_window).unwrap_or(d.adaptive_window),
-            adaptive_min_samples: pick!(adaptive_min_samples).unwrap_or(d.adaptive_min_samples),
-            adaptive_floor: pick!(adaptive_floor).unwrap_or(d.adaptive_floor),
-            adaptive_refresh_every: pick!(adaptive_refresh_every)
-                .unwrap_or(d.adaptive_refresh_every),
-            admin_token: pick!(admin_token).filter(|t| !t.is_empty()),
-            execution_provider: pick!(execution_provider).unwrap_or(d.execution_provider),
-            intra_threads: pick!(intra_threads).unwrap_or(d.intra_threads),
-            inter_threads: pick!(inter_threads).unwrap_or(d.inter_threads),
-            reload_poll_ms: pick!(reload_poll_ms).unwrap_or(d.reload_poll_ms),
-            log_level: pick!(log_level).unwrap_or(d.log_level),
-        };
+        let cfg = Config::layer(args, file);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The admin bearer token, if the admin endpoints are enabled.
+    pub fn admin_token(&self) -> Option<&str> {
+        Some(self.admin_token.as_str()).filter(|t| !t.is_empty())
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -299,7 +173,7 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
@@ -308,12 +182,23 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
 
     #[test]
     fn flags_override_file_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "max_batch_size = 8\nqueue_capacity = 100\n").unwrap();
+        std::fs::write(
+            &path,
+            "max_batch_size = 8\nqueue_capacity = 100\ndefault_rule = \"vmf\"\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             queue_capacity: Some(99),
@@ -322,7 +207,31 @@ mod tests {
         let c = Config::resolve(&args).unwrap();
         assert_eq!(c.max_batch_size, 8);
         assert_eq!(c.queue_capacity, 99);
+        assert_eq!(c.default_rule, Rule::Vmf);
         assert_eq!(c.max_pixels, 40_000_000);
+        assert_eq!(c.admin_token(), None);
+    }
+
+    #[test]
+    fn flags_are_parsed_with_the_setting_named() {
+        let cli = Cli::try_parse_from([
+            "proco-serve",
+            "--default-prior",
+            "train",
+            "--execution-provider",
+            "cpu",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.default_prior, Some(PriorName::Train));
+        assert_eq!(cli.serve.execution_provider, Some(ProviderChoice::Cpu));
+        let err = Cli::try_parse_from(["proco-serve", "--default-rule", "softmax"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("default_rule") && err.contains("softmax"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -352,12 +261,15 @@ mod tests {
     fn unknown_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "max_bach_size = 8\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        };
-        let err = format!("{:#}", Config::resolve(&args).unwrap_err());
-        assert!(err.contains("max_bach_size"), "{err}");
+        for text in ["max_bach_size = 8\n", "config = \"other.toml\"\n"] {
+            std::fs::write(&path, text).unwrap();
+            let args = ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            };
+            let err = format!("{:#}", Config::resolve(&args).unwrap_err());
+            let key = text.split(' ').next().unwrap();
+            assert!(err.contains(key), "{err}");
+        }
     }
 }

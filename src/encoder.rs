@@ -9,17 +9,50 @@
 //! we register CUDA with `error_on_failure()` and report the provider that actually got
 //! registered, with the reason when it is not the one asked for.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context};
 use ndarray::{Array2, ArrayView4, Ix2};
 use ort::ep::{self, ExecutionProvider};
-use ort::session::Session;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 
-pub use crate::config::ProviderChoice;
 use crate::manifest::ModelManifest;
+
+/// Where the encoder runs. `auto` tries CUDA and falls back to CPU (and says so);
+/// `cuda` refuses to start without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderChoice {
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+impl std::fmt::Display for ProviderChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProviderChoice::Auto => "auto",
+            ProviderChoice::Cuda => "cuda",
+            ProviderChoice::Cpu => "cpu",
+        })
+    }
+}
+
+impl std::str::FromStr for ProviderChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Self as clap::ValueEnum>::from_str(s, false)
+            .map_err(|_| format!("unknown execution provider {s:?}: expected auto, cuda or cpu"))
+    }
+}
+
+/// What the batcher needs of an encoder: run one batch `[N, 3, H, W]`. A trait so that the
+/// batcher can be tested with a fake, without ONNX Runtime.
+pub trait Encode: Send + 'static {
+    fn run(&mut self, batch: ArrayView4<f32>) -> anyhow::Result<EncoderOutput>;
+}
 
 /// The ONNX Runtime version build.rs provisions.
 pub const ORT_LIBRARY: &str = "libonnxruntime.so.1.31.1";
@@ -38,8 +71,6 @@ pub struct EncoderOutput {
     pub feature: Array2<f32>,
     /// `[N, C]` linear head.
     pub logits: Array2<f32>,
-    /// `[N, d]` backbone embedding (empty `[N, 0]` when the model has none).
-    pub embedding: Array2<f32>,
 }
 
 static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> =
@@ -109,29 +140,28 @@ fn environment() -> anyhow::Result<&'static ort::environment::Environment> {
 /// The encoder session, owned by the batcher thread (`Session::run` takes `&mut self`).
 pub struct Encoder {
     session: Session,
+    /// Asks ONNX Runtime for the feature and logits outputs only: the backbone embedding is
+    /// never read, so it is neither copied out nor kept.
+    run_options: RunOptions<HasSelectedOutputs>,
     input_name: String,
     feature_name: String,
     logits_name: String,
-    embedding_name: Option<String>,
     height: usize,
     width: usize,
     provider: String,
-    requested: ProviderChoice,
     fallback_reason: Option<String>,
     feature_dim: usize,
     num_classes: usize,
 }
 
 impl Encoder {
-    /// Loads `model_dir`'s encoder on the requested provider and runs one warm-up batch,
+    /// Loads the manifest's encoder on the requested provider and runs one warm-up batch,
     /// which also tells us the output widths.
     pub fn load(
         manifest: &ModelManifest,
-        model_dir: &Path,
         provider: ProviderChoice,
         threads: Threads,
     ) -> anyhow::Result<Self> {
-        let _ = model_dir; // paths in the manifest are already absolute against it
         let env = environment()?;
         let path = &manifest.encoder_path;
         if !path.is_file() {
@@ -172,21 +202,25 @@ impl Encoder {
             }
         };
 
+        let run_options = RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(
+            OutputSelector::no_default()
+                .with(manifest.outputs.feature.as_str())
+                .with(manifest.outputs.logits.as_str()),
+        );
         let mut encoder = Encoder {
             session,
+            run_options,
             input_name: manifest.input.name.clone(),
             feature_name: manifest.outputs.feature.clone(),
             logits_name: manifest.outputs.logits.clone(),
-            embedding_name: None,
             height: manifest.input.height as usize,
             width: manifest.input.width as usize,
             provider: active.to_string(),
-            requested: provider,
             fallback_reason,
             feature_dim: 0,
             num_classes: 0,
         };
-        encoder.check_io(manifest)?;
+        encoder.check_io()?;
         let warm = encoder
             .run(ndarray::Array4::<f32>::zeros((1, 3, encoder.height, encoder.width)).view())
             .context("warm-up inference failed")?;
@@ -196,7 +230,7 @@ impl Encoder {
     }
 
     /// Checks that the graph has the input and outputs the manifest names.
-    fn check_io(&mut self, manifest: &ModelManifest) -> anyhow::Result<()> {
+    fn check_io(&self) -> anyhow::Result<()> {
         let inputs: Vec<String> = self
             .session
             .inputs()
@@ -220,22 +254,20 @@ impl Encoder {
                 bail!("the encoder has no output {name:?} (model.toml); it has {outputs:?}");
             }
         }
-        self.embedding_name = manifest
-            .outputs
-            .embedding
-            .clone()
-            .filter(|e| outputs.iter().any(|n| n == e));
         Ok(())
     }
 
-    /// Runs one batch `[N, 3, H, W]`.
+    /// Runs one batch `[N, 3, H, W]`; only the two outputs the rules read are fetched.
     pub fn run(&mut self, batch: ArrayView4<f32>) -> anyhow::Result<EncoderOutput> {
         let n = batch.shape()[0];
         let batch = batch.as_standard_layout();
         let tensor = TensorRef::from_array_view(batch.view()).map_err(|e| anyhow!("{e}"))?;
         let outputs = self
             .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .run_with_options(
+                ort::inputs![self.input_name.as_str() => tensor],
+                &self.run_options,
+            )
             .map_err(|e| anyhow!("encoder run failed: {e}"))?;
         let take = |name: &str| -> anyhow::Result<Array2<f32>> {
             let value = outputs
@@ -255,25 +287,12 @@ impl Encoder {
         };
         let feature = take(&self.feature_name)?;
         let logits = take(&self.logits_name)?;
-        let embedding = match &self.embedding_name {
-            Some(name) => take(name)?,
-            None => Array2::zeros((n, 0)),
-        };
-        Ok(EncoderOutput {
-            feature,
-            logits,
-            embedding,
-        })
+        Ok(EncoderOutput { feature, logits })
     }
 
     /// The provider actually in use: "cuda" or "cpu".
     pub fn provider(&self) -> &str {
         &self.provider
-    }
-
-    /// The provider the configuration asked for.
-    pub fn requested(&self) -> ProviderChoice {
-        self.requested
     }
 
     /// Why `auto` ended up on CPU, if it did.
@@ -294,6 +313,12 @@ impl Encoder {
     /// Input size (height, width).
     pub fn input_size(&self) -> (usize, usize) {
         (self.height, self.width)
+    }
+}
+
+impl Encode for Encoder {
+    fn run(&mut self, batch: ArrayView4<f32>) -> anyhow::Result<EncoderOutput> {
+        Encoder::run(self, batch)
     }
 }
 

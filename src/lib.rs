@@ -1,7 +1,15 @@
 //! proco-serve: serve a ProCo encoder with calibrated, prior-adjusted class probabilities.
 //!
-//! Data flows one way: HTTP -> decode/preprocess -> batcher -> encoder (ONNX Runtime)
-//! -> vMF engine -> response. `vmf` is the pure math (no I/O); everything else is plumbing.
+//! Data flows one way, and each module imports only the ones below it:
+//!
+//! ```text
+//! main -> app (wiring) -> http (/v1 handlers) -> state -> infer (front layer: admission,
+//! decode) -> batcher -> encoder (ONNX Runtime) / engine (rules, priors) -> vmf (pure math)
+//! ```
+//!
+//! Beside the path: `config` (settings), `reload` (hot reload of the prototypes),
+//! `prototypes` (the class distributions and their store), `preprocess` (bytes to tensor),
+//! `manifest` (model.toml), `telemetry` (metrics and logs), and `eval` (the offline command).
 
 pub mod app;
 pub mod batcher;
@@ -10,9 +18,11 @@ pub mod encoder;
 pub mod engine;
 pub mod eval;
 pub mod http;
+pub mod infer;
 pub mod manifest;
 pub mod preprocess;
 pub mod prototypes;
 pub mod reload;
+pub mod state;
 pub mod telemetry;
 pub mod vmf;

@@ -53,7 +53,8 @@ pub struct OutputSpec {
     pub feature: String,
     /// `[N, C]` linear head (logit-adjusted training, so balanced).
     pub logits: String,
-    /// `[N, d]` backbone feature; optional, not used for classification.
+    /// `[N, d]` backbone feature; optional. It documents the graph: the server never asks
+    /// ONNX Runtime for it.
     #[serde(default)]
     pub embedding: Option<String>,
 }
@@ -71,7 +72,6 @@ pub enum ResizePolicy {
 #[derive(Clone, Debug)]
 pub struct ModelManifest {
     pub name: String,
-    pub dir: PathBuf,
     pub encoder_path: PathBuf,
     pub prototypes_path: PathBuf,
     pub input: InputSpec,
@@ -118,12 +118,10 @@ impl ModelManifest {
             "bgr" => true,
             other => bail!("input.color_order {other:?} is not supported (rgb, bgr)"),
         };
-        let dir = model_dir.to_path_buf();
         Ok(ModelManifest {
             name: raw.name,
-            encoder_path: dir.join(&raw.encoder),
-            prototypes_path: dir.join(&raw.prototypes),
-            dir,
+            encoder_path: model_dir.join(&raw.encoder),
+            prototypes_path: model_dir.join(&raw.prototypes),
             input: raw.input,
             outputs: raw.outputs,
             resize,

@@ -4,8 +4,8 @@
 //! for counters, `_info` gauges set to 1 that carry their facts as labels.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the server exports.
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub prototypes_info: GaugeVec,
     pub execution_provider_info: GaugeVec,
     pub model_info: GaugeVec,
+    pub batch_failures: IntCounter,
+    pub ready: IntGauge,
 }
 
 /// Latency buckets from 0.1 ms to 10 s.
@@ -138,8 +140,20 @@ impl Metrics {
             &["model", "feature_dim", "classes"],
         )
         .unwrap();
+        let batch_failures = IntCounter::new(
+            "proco_batch_failures_total",
+            "Encoder batches that failed or panicked (their requests got an error answer)",
+        )
+        .unwrap();
+        let ready = IntGauge::new(
+            "proco_ready",
+            "1 when /health/ready answers 200: the model is loaded, the inference thread runs and recent batches succeed",
+        )
+        .unwrap();
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batch_failures.clone()),
+            Box::new(ready.clone()),
             Box::new(request_duration.clone()),
             Box::new(batch_size.clone()),
             Box::new(queue_depth.clone()),
@@ -174,6 +188,8 @@ impl Metrics {
             prototypes_info,
             execution_provider_info,
             model_info,
+            batch_failures,
+            ready,
         }
     }
 

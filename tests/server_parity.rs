@@ -154,19 +154,17 @@ fn other_containers_classify_like_the_jpeg() {
 fn encoder_outputs_match_pytorch_reference() {
     use proco_serve::encoder::{Encoder, ProviderChoice, Threads};
     use proco_serve::manifest::ModelManifest;
-    use proco_serve::preprocess::{decode, to_chw, DecodeLimits};
+    use proco_serve::preprocess::{prepare, DecodeLimits};
 
     let manifest = parity_manifest();
     let model_dir = std::path::Path::new(common::MODEL_DIR);
     let model = ModelManifest::load(model_dir).unwrap();
     proco_serve::encoder::init_runtime().unwrap();
-    let mut encoder =
-        Encoder::load(&model, model_dir, ProviderChoice::Cpu, Threads::default()).unwrap();
+    let mut encoder = Encoder::load(&model, ProviderChoice::Cpu, Threads::default()).unwrap();
     let mut worst: (f64, f64) = (0.0, 0.0);
     for img in manifest["images"].as_array().unwrap() {
         let file = img["file"].as_str().unwrap();
-        let rgb = decode(&fixture(file), &DecodeLimits::default()).unwrap();
-        let chw = to_chw(&rgb, &model);
+        let chw = prepare(&fixture(file), &DecodeLimits::default(), &model).unwrap();
         let (h, w) = encoder.input_size();
         let batch = ndarray::Array4::from_shape_vec((1, 3, h, w), chw).unwrap();
         let out = encoder.run(batch.view()).unwrap();

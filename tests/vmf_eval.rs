@@ -178,7 +178,10 @@ fn shift_and_refit_temperatures() {
     // The written prototypes load, carry the fitted temperatures, and their version is the content id.
     let written = read_json(&protos_out);
     let version = written["version"].as_str().unwrap();
-    assert_eq!(version, proco_serve::eval::prototypes_version(&written));
+    assert_eq!(
+        version,
+        proco_serve::prototypes::prototypes_version(&written)
+    );
     assert_ne!(
         version,
         read_json(&repo("models/cifar10-lt/prototypes.json"))["version"]

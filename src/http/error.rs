@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::batcher::BatchError;
+use crate::infer::InferError;
 use crate::preprocess::DecodeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -118,17 +120,23 @@ impl ApiError {
             Internal(_) => "internal",
         }
     }
+}
 
-    /// Maps a decode failure of the image called `what` (e.g. `part "a" (a.jpg)`).
-    pub fn from_decode(e: DecodeError, what: Option<&str>) -> ApiError {
-        let msg = match what {
-            Some(w) => format!("{w}: {e}"),
-            None => e.to_string(),
-        };
+/// The front layer's errors, as every protocol answers them.
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        let message = e.to_string();
         match e {
-            DecodeError::Empty => ApiError::EmptyBody(msg),
-            DecodeError::TooLarge { .. } => ApiError::ImageTooLarge(msg),
-            _ => ApiError::InvalidImage(msg),
+            InferError::Image { error, .. } => match error {
+                DecodeError::Empty => ApiError::EmptyBody(message),
+                DecodeError::TooLarge { .. } => ApiError::ImageTooLarge(message),
+                _ => ApiError::InvalidImage(message),
+            },
+            InferError::QueueFull { .. } => ApiError::QueueFull(message),
+            InferError::Batch(BatchError::Failed(m)) => ApiError::Internal(m),
+            InferError::Batch(BatchError::Stopped) | InferError::DecodeTask(_) => {
+                ApiError::Internal(message)
+            }
         }
     }
 }

@@ -1,17 +1,16 @@
-//! The small endpoints: model description, health, metrics, and the admin reload.
+//! The informational endpoints: model description, health, metrics.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
 use super::ApiError;
-use crate::app::AppState;
-use crate::prototypes::ReloadOutcome;
-use crate::reload::{reload_now, Trigger};
+use crate::batcher::Readiness;
+use crate::state::{AppState, NotReady};
 use crate::vmf::Rule;
 
 /// `GET /v1/model`: what is being served and how.
@@ -59,11 +58,11 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
         "prototypes_version": protos.version,
         "prototypes_default_rule": protos.default_rule,
         "default_rule": c.default_rule,
-        "default_prior": serving.default_prior.name(),
+        "default_prior": serving.default_prior,
         "execution_provider": {
-            "active": serving.provider,
-            "requested": serving.requested_provider,
-            "fallback_reason": serving.fallback_reason,
+            "active": serving.provider.active,
+            "requested": serving.provider.requested,
+            "fallback_reason": serving.provider.fallback_reason,
         },
         "adaptive_prior": {
             "estimate": adaptive,
@@ -89,29 +88,49 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "live"}))
 }
 
-/// `GET /health/ready`: 200 once the model is loaded and a warm-up batch ran.
+/// `GET /health/ready`: 200 once the model is loaded and a warm-up batch ran, for as long as
+/// the inference thread runs and its batches succeed; 503 with the reason otherwise.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    match state.serving() {
-        Some(s) => Json(json!({
-            "status": "ready",
-            "provider": s.provider,
-            "requested_provider": s.requested_provider,
-            "model": s.manifest.name,
-            "prototypes_version": s.store.snapshot().version,
-        }))
-        .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            Json(json!({"status": "loading"})),
-        )
-            .into_response(),
-    }
+    let reason = match state.readiness() {
+        Ok(s) => {
+            return Json(json!({
+                "status": "ready",
+                "provider": s.provider.active,
+                "requested_provider": s.provider.requested,
+                "model": s.manifest.name,
+                "prototypes_version": s.store.snapshot().version,
+            }))
+            .into_response()
+        }
+        Err(reason) => reason,
+    };
+    let body = match reason {
+        NotReady::Loading => json!({"status": "loading"}),
+        NotReady::Inference(Readiness::Stopped) => json!({
+            "status": "unavailable",
+            "reason": "the inference thread has stopped",
+        }),
+        NotReady::Inference(Readiness::Failing {
+            batches,
+            last_error,
+        }) => json!({
+            "status": "unavailable",
+            "reason": format!("the last {batches} inference batches failed; the last error: {last_error}"),
+        }),
+        NotReady::Inference(Readiness::Ready) => json!({"status": "unavailable"}),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(body),
+    )
+        .into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    // The adaptive prior lives on its own thread: read its estimate at scrape time.
+    // Readiness and the adaptive prior (on its own thread) are read at scrape time.
+    let _ = state.readiness();
     if let Some(serving) = state.serving() {
         let protos = serving.store.snapshot();
         let (estimate, samples) = serving.engine.adaptive_estimate(&protos);
@@ -132,54 +151,4 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// `POST /admin/reload`: re-read the prototypes file now. Needs `Authorization: Bearer
-/// <admin_token>`; answers 403 when no token is configured.
-pub async fn admin_reload(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let Some(token) = state.config.admin_token.as_deref() else {
-        return Err(ApiError::AdminDisabled(
-            "admin endpoints are disabled: set admin_token (PROCO_ADMIN_TOKEN)".into(),
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        return Err(ApiError::Unauthorized(
-            "missing or wrong bearer token".into(),
-        ));
-    }
-    let serving = state
-        .serving()
-        .cloned()
-        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
-    let st = state.clone();
-    let outcome = tokio::task::spawn_blocking(move || reload_now(&st, &serving, Trigger::Admin))
-        .await
-        .map_err(|e| ApiError::Internal(format!("reload failed: {e}")))?;
-    match outcome {
-        Ok(ReloadOutcome::Swapped { previous, current }) => Ok(Json(json!({
-            "result": "success", "version": current, "previous_version": previous,
-        }))
-        .into_response()),
-        Ok(ReloadOutcome::Unchanged { version }) => {
-            Ok(Json(json!({"result": "unchanged", "version": version})).into_response())
-        }
-        Err(e) => Err(ApiError::InvalidPrototypes(format!(
-            "the prototypes file was rejected ({e}); the previous version is still served"
-        ))),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,4 +1,6 @@
-//! HTTP API: routes, the request-metrics layer, and the JSON error type.
+//! HTTP API: routes, the request-metrics layer, and the JSON error type. Handlers parse
+//! their request, call the front layer (`crate::infer`) or read the shared state, and format
+//! the answer.
 //!
 //! | route | handler |
 //! |---|---|
@@ -6,8 +8,10 @@
 //! | `GET /v1/model` | [`info::model`] |
 //! | `GET /health/live`, `GET /health/ready` | [`info::live`], [`info::ready`] |
 //! | `GET /metrics` | [`info::metrics`] |
-//! | `POST /admin/reload` | [`info::admin_reload`] |
+//! | `POST /admin/reload` | [`admin::admin_reload`] |
 
+pub mod admin;
+pub mod body;
 pub mod classify;
 pub mod error;
 pub mod info;
@@ -21,7 +25,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::app::AppState;
+use crate::state::AppState;
 pub use error::ApiError;
 
 /// The application's routes. Body size limits are enforced by the handlers themselves
@@ -36,7 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health/live", get(info::live))
         .route("/health/ready", get(info::ready))
         .route("/metrics", get(info::metrics))
-        .route("/admin/reload", post(info::admin_reload))
+        .route("/admin/reload", post(admin::admin_reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())

@@ -14,9 +14,9 @@ use super::posterior::posterior;
 /// Number of bins for ECE and classwise ECE.
 pub const ECE_BINS: usize = 15;
 
-/// Metrics of one rule under one prior and temperature.
+/// Accuracy and calibration of one rule under one prior and temperature.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Metrics {
+pub struct Evaluation {
     pub n: usize,
     pub top1: f64,
     pub top5: f64,
@@ -40,7 +40,7 @@ pub fn evaluate(
     log_q: &[f64],
     labels: &[usize],
     train_counts: &[f64],
-) -> Metrics {
+) -> Evaluation {
     assert_eq!(g.nrows(), labels.len(), "one label per row");
     assert_eq!(g.ncols(), train_counts.len(), "one count per class");
     let probs = posterior(g, temperature, log_q);
@@ -81,7 +81,7 @@ pub fn evaluate(
         }
     };
     let scaled = g.mapv(|v| v / temperature) + ndarray::ArrayView1::from(log_q);
-    Metrics {
+    Evaluation {
         n,
         top1: frac(preds.iter().zip(labels).filter(|(p, y)| p == y).count(), n),
         top5: frac(top5, n),

@@ -20,7 +20,7 @@ pub mod rules;
 pub use bessel::{log_bessel_ratio, log_iv};
 pub use calibration::fit_temperature;
 pub use distribution::{kappa_mle, kappa_official, log_cp, mean_resultant_ratio, VmfEstimator};
-pub use metrics::{evaluate, reliability_bins, Metrics};
+pub use metrics::{evaluate, reliability_bins, Evaluation};
 pub use posterior::{
     em_label_shift, log_softmax_row, posterior, AdaptivePrior, AdaptivePriorConfig,
 };

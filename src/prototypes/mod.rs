@@ -1,21 +1,24 @@
-//! `prototypes.json` (schema "proco-prototypes" v1, see docs/prototypes.md): parsing,
-//! validation, and the store the server reads them from.
+//! `prototypes.json` (schema "proco-prototypes" v1, see docs/prototypes.md and its JSON
+//! Schema, docs/prototypes.schema.json): parsing and validation ([`Prototypes`]), the store the
+//! server reads them from ([`store`]), and the content-derived version id ([`version`]).
 //!
-//! Why a store with an atomic swap: prototypes are hot-reloaded while requests are in
-//! flight. Each batch takes one `Arc` snapshot ([`PrototypeStore::snapshot`]) and uses it
-//! for every image in the batch, so no response ever mixes two versions, and a reload
-//! never blocks or fails a request. A file that fails validation never replaces the
-//! prototypes being served.
+//! The reader is as strict as the schema: every required field must be there, and an unknown
+//! key is refused with its name, so that a typo (`kapa`) is an error and not a silently
+//! ignored field.
+
+pub mod store;
+pub mod version;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use anyhow::Context;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use serde_json::{json, Value};
 
 use crate::vmf::{ClassModel, Rule};
+pub use store::{PrototypeStore, ReloadOutcome};
+pub use version::prototypes_version;
 
 pub const SCHEMA: &str = "proco-prototypes";
 pub const SCHEMA_VERSION: u32 = 1;
@@ -37,30 +40,28 @@ pub enum PrototypeError {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawClass {
     index: usize,
     label: String,
     count: f64,
     kappa: f64,
-    #[serde(default)]
-    mean_resultant_length: Option<f64>,
+    mean_resultant_length: f64,
     mu: Vec<f64>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPrototypes {
     schema: String,
     schema_version: u32,
-    #[serde(default)]
-    version: Option<String>,
-    #[serde(default)]
-    model: Option<String>,
+    version: String,
+    model: String,
     feature_dim: usize,
     tau: f64,
     alpha: f64,
     labels: Vec<String>,
-    #[serde(default)]
-    default_rule: Option<Rule>,
+    default_rule: Rule,
     temperatures: HashMap<String, f64>,
     classes: Vec<RawClass>,
 }
@@ -68,7 +69,7 @@ struct RawPrototypes {
 /// One validated set of class prototypes, immutable once built.
 #[derive(Debug)]
 pub struct Prototypes {
-    /// Content-derived id from the file (or the file's SHA-256 prefix if it has none).
+    /// The version the file states (its content-derived id when written by our tools).
     pub version: String,
     /// Name of the encoder the prototypes belong to.
     pub model: String,
@@ -77,8 +78,8 @@ pub struct Prototypes {
     pub temperatures: HashMap<Rule, f64>,
     /// The rule the trainer recommends.
     pub default_rule: Rule,
-    /// Mean resultant length R per class, when the file gives it.
-    pub mean_resultant_length: Vec<Option<f64>>,
+    /// Mean resultant length R per class, as the trainer measured it.
+    pub mean_resultant_length: Vec<f64>,
 }
 
 impl Prototypes {
@@ -105,6 +106,9 @@ impl Prototypes {
                 "schema_version is {}, this server reads version {SCHEMA_VERSION}",
                 raw.schema_version
             ));
+        }
+        if raw.version.trim().is_empty() || raw.model.trim().is_empty() {
+            return invalid("version and model must not be empty".into());
         }
         if raw.classes.len() != raw.labels.len() {
             return invalid(format!(
@@ -134,6 +138,12 @@ impl Prototypes {
                     raw.feature_dim
                 ));
             }
+            if !(0.0..=1.0).contains(&class.mean_resultant_length) {
+                return invalid(format!(
+                    "classes[{i}].mean_resultant_length is {}; it must be in [0, 1]",
+                    class.mean_resultant_length
+                ));
+            }
             mu.push(class.mu);
             kappa.push(class.kappa);
             counts.push(class.count);
@@ -161,19 +171,12 @@ impl Prototypes {
             kappa,
             counts,
         )?;
-        let version = match raw.version {
-            Some(v) if !v.trim().is_empty() => v,
-            _ => {
-                let digest = Sha256::digest(bytes);
-                digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-            }
-        };
         Ok(Prototypes {
-            version,
-            model: raw.model.unwrap_or_default(),
+            version: raw.version,
+            model: raw.model,
             classes,
             temperatures,
-            default_rule: raw.default_rule.unwrap_or(Rule::Proco),
+            default_rule: raw.default_rule,
             mean_resultant_length: mrl,
         })
     }
@@ -183,8 +186,21 @@ impl Prototypes {
         self.temperatures.get(&rule).copied().unwrap_or(1.0)
     }
 
-    /// Checks that these prototypes fit the loaded encoder.
-    pub fn check_fits(&self, feature_dim: usize, num_classes: usize) -> Result<(), PrototypeError> {
+    /// Checks that these prototypes belong to the loaded encoder: the model they name, and
+    /// the widths of its outputs.
+    pub fn check_fits(&self, encoder: &EncoderShape) -> Result<(), PrototypeError> {
+        let EncoderShape {
+            model,
+            feature_dim,
+            num_classes,
+        } = encoder;
+        let (feature_dim, num_classes) = (*feature_dim, *num_classes);
+        if &self.model != model {
+            return Err(PrototypeError::Invalid(format!(
+                "the prototypes are for model {:?}, but the encoder being served is {model:?} (model.toml)",
+                self.model
+            )));
+        }
         if self.classes.dim() != feature_dim {
             return Err(PrototypeError::Invalid(format!(
                 "feature_dim is {} but the encoder's feature output has width {feature_dim}",
@@ -201,73 +217,59 @@ impl Prototypes {
     }
 }
 
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    /// A new version is now served.
-    Swapped { previous: String, current: String },
-    /// The file holds the version already served; nothing changed.
-    Unchanged { version: String },
+/// What prototypes must match: the served model's name (model.toml) and its output widths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncoderShape {
+    pub model: String,
+    pub feature_dim: usize,
+    pub num_classes: usize,
 }
 
-/// The prototypes currently served, swappable atomically.
-pub struct PrototypeStore {
-    path: PathBuf,
-    feature_dim: usize,
-    num_classes: usize,
-    current: ArcSwap<Prototypes>,
-    /// Serialises reloads (watcher, SIGHUP and the admin endpoint may race).
-    reload_lock: Mutex<()>,
+/// Writes `source` with new temperatures and a recomputed `version`; returns the version.
+pub fn write_with_temperatures(
+    source: &Path,
+    out: &Path,
+    temperatures: &HashMap<Rule, f64>,
+) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(source)
+        .with_context(|| format!("cannot read {}", source.display()))?;
+    let mut doc: Value =
+        serde_json::from_str(&text).with_context(|| format!("invalid {}", source.display()))?;
+    let obj = doc
+        .as_object_mut()
+        .context("prototypes.json is not a JSON object")?;
+    obj.insert(
+        "temperatures".into(),
+        Value::Object(
+            Rule::ALL
+                .iter()
+                .map(|r| (r.to_string(), json!(temperatures[r])))
+                .collect(),
+        ),
+    );
+    let version = prototypes_version(&doc);
+    doc["version"] = json!(version);
+    // Check the result is a valid prototypes file before writing it.
+    let pretty = serde_json::to_string_pretty(&doc)? + "\n";
+    Prototypes::from_slice(pretty.as_bytes())
+        .map_err(|e| anyhow::anyhow!("refusing to write invalid prototypes: {e}"))?;
+    std::fs::write(out, pretty).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(version)
 }
 
-impl PrototypeStore {
-    /// Loads the file and checks it against the encoder's output widths.
-    pub fn open(path: &Path, feature_dim: usize, num_classes: usize) -> anyhow::Result<Self> {
-        let protos = Prototypes::load(path)?;
-        protos.check_fits(feature_dim, num_classes)?;
-        Ok(PrototypeStore {
-            path: path.to_path_buf(),
-            feature_dim,
-            num_classes,
-            current: ArcSwap::from_pointee(protos),
-            reload_lock: Mutex::new(()),
-        })
-    }
+#[cfg(test)]
+mod tests;
 
-    /// The file the store reloads from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The prototypes to use for one whole batch or request.
-    pub fn snapshot(&self) -> Arc<Prototypes> {
-        self.current.load_full()
-    }
-
-    /// Re-reads the file; on success with a new version, swaps it in. On any error the
-    /// served prototypes are untouched.
-    pub fn reload(&self) -> Result<ReloadOutcome, PrototypeError> {
-        let bytes = std::fs::read(&self.path).map_err(|source| PrototypeError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        self.reload_from_bytes(&bytes)
-    }
-
-    /// As [`reload`](Self::reload), from bytes already read.
-    pub fn reload_from_bytes(&self, bytes: &[u8]) -> Result<ReloadOutcome, PrototypeError> {
-        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let protos = Prototypes::from_slice(bytes)?;
-        protos.check_fits(self.feature_dim, self.num_classes)?;
-        let previous = self.current.load();
-        if previous.version == protos.version {
-            return Ok(ReloadOutcome::Unchanged {
-                version: protos.version,
-            });
-        }
-        let previous = previous.version.clone();
-        let current = protos.version.clone();
-        self.current.store(Arc::new(protos));
-        Ok(ReloadOutcome::Swapped { previous, current })
-    }
+/// A valid two-class document with 2-D features (model "tiny"), for unit tests across the crate.
+#[cfg(test)]
+pub(crate) fn tiny_document(version: &str) -> Value {
+    json!({
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "version": version, "model": "tiny",
+        "feature_dim": 2, "tau": 0.1, "alpha": 1.0, "labels": ["a", "b"], "default_rule": "vmf",
+        "temperatures": {"linear": 1.0, "proco": 1.0, "vmf": 1.0, "ensemble": 1.0},
+        "classes": [
+            {"index": 0, "label": "a", "count": 30, "kappa": 5.0, "mean_resultant_length": 0.7, "mu": [1.0, 0.0]},
+            {"index": 1, "label": "b", "count": 10, "kappa": 5.0, "mean_resultant_length": 0.7, "mu": [0.0, 1.0]}
+        ]
+    })
 }

@@ -1,0 +1,202 @@
+//! Encoder outputs -> calibrated, prior-adjusted class probabilities.
+//!
+//! This is the thin layer between the batcher and the pure vMF math (`crate::vmf`): it
+//! picks the rule and temperature per request, builds ln q for the requested prior
+//! (uniform, training, adaptive or explicit weights), computes the posterior
+//! softmax(g / T + ln q) and the top-k, and feeds the adaptive prior's EM (on its own thread,
+//! [`adaptive`]). The prior names live in [`prior`].
+//!
+//! One batch is always scored against one prototypes snapshot, handed in by the caller.
+
+pub mod adaptive;
+pub mod prior;
+
+use ndarray::{Array2, ArrayView1, Axis};
+use serde::Serialize;
+
+use crate::encoder::EncoderOutput;
+use crate::prototypes::Prototypes;
+use crate::vmf::{self, AdaptivePriorConfig, ModelError, Rule};
+use adaptive::AdaptiveTracker;
+pub use prior::{Prior, PriorName};
+
+/// What one request asks of the engine.
+#[derive(Clone, Debug)]
+pub struct RequestOptions {
+    pub rule: Rule,
+    pub prior: Prior,
+    /// Already clamped to 1..=C.
+    pub top_k: usize,
+    /// Return the full posterior vector.
+    pub posterior: bool,
+}
+
+/// One class in a top-k list.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prediction {
+    pub label: String,
+    pub index: usize,
+    pub probability: f64,
+}
+
+/// The engine's answer for one image.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    pub rule: Rule,
+    pub temperature: f64,
+    pub prior_name: &'static str,
+    /// The prior vector used, for adaptive and explicit priors.
+    pub prior_used: Option<Vec<f64>>,
+    pub top: Vec<Prediction>,
+    pub posterior: Option<Vec<f64>>,
+    /// Index of the most probable class.
+    pub top1: usize,
+}
+
+/// Scores batches and keeps the adaptive prior.
+pub struct Engine {
+    /// The rule whose calibrated logits feed the adaptive prior.
+    adaptive_rule: Rule,
+    adaptive: AdaptiveTracker,
+}
+
+impl Engine {
+    pub fn new(adaptive_config: AdaptivePriorConfig, adaptive_rule: Rule) -> Self {
+        Engine {
+            adaptive_rule,
+            adaptive: AdaptiveTracker::new(adaptive_config),
+        }
+    }
+
+    /// The current adaptive estimate for these prototypes (the training prior until enough
+    /// images were seen) and the number of images in its window.
+    pub fn adaptive_estimate(&self, protos: &Prototypes) -> (Vec<f64>, usize) {
+        self.adaptive.estimate(protos)
+    }
+
+    /// Scores every row of `out`; `options[i]` applies to row i. Uses the adaptive prior's last
+    /// published estimate, then hands this batch's rows to its worker.
+    pub fn score(
+        &self,
+        protos: &Prototypes,
+        out: &EncoderOutput,
+        options: &[&RequestOptions],
+    ) -> Result<Vec<Scored>, ModelError> {
+        assert_eq!(
+            options.len(),
+            out.feature.nrows(),
+            "one options entry per row"
+        );
+        // Balanced logits once per distinct rule (each is one C x p product for the batch).
+        let mut rules: Vec<Rule> = options.iter().map(|o| o.rule).collect();
+        rules.push(self.adaptive_rule);
+        rules.sort_by_key(|r| r.as_str());
+        rules.dedup();
+        let logits: Vec<(Rule, Array2<f64>)> = rules
+            .into_iter()
+            .map(|rule| {
+                protos
+                    .classes
+                    .balanced_logits(rule, out.feature.view(), Some(out.logits.view()))
+                    .map(|g| (rule, g))
+            })
+            .collect::<Result<_, _>>()?;
+        let g_of = |rule: Rule| &logits.iter().find(|(r, _)| *r == rule).expect("computed").1;
+
+        let priors = LogPriors::new(protos, self.adaptive.estimate(protos).0);
+        let results = options
+            .iter()
+            .enumerate()
+            .map(|(i, o)| score_row(protos, g_of(o.rule).row(i), o, &priors))
+            .collect();
+
+        // Feed the adaptive prior with this batch's calibrated rows of its rule.
+        let t = protos.temperature(self.adaptive_rule);
+        let g = g_of(self.adaptive_rule);
+        self.adaptive.observe(
+            protos,
+            g.rows()
+                .into_iter()
+                .map(|row| row.iter().map(|v| v / t).collect()),
+        );
+        Ok(results)
+    }
+}
+
+/// ln q of the named priors for one batch, computed once.
+struct LogPriors<'a> {
+    uniform: Vec<f64>,
+    train: &'a [f64],
+    adaptive_q: Vec<f64>,
+    adaptive: Vec<f64>,
+}
+
+impl<'a> LogPriors<'a> {
+    fn new(protos: &'a Prototypes, adaptive_q: Vec<f64>) -> Self {
+        LogPriors {
+            uniform: vec![0.0; protos.classes.num_classes()],
+            train: protos.classes.log_train_prior(),
+            adaptive: adaptive_q.iter().map(|q| q.ln()).collect(),
+            adaptive_q,
+        }
+    }
+}
+
+/// The posterior and top-k of one image under its request's rule, temperature and prior.
+fn score_row(
+    protos: &Prototypes,
+    g: ArrayView1<f64>,
+    o: &RequestOptions,
+    priors: &LogPriors,
+) -> Scored {
+    let temperature = protos.temperature(o.rule);
+    let explicit_log: Vec<f64>;
+    let (log_q, prior_used): (&[f64], Option<Vec<f64>>) = match &o.prior {
+        Prior::Named(PriorName::Uniform) => (&priors.uniform, None),
+        Prior::Named(PriorName::Train) => (priors.train, None),
+        Prior::Named(PriorName::Adaptive) => (&priors.adaptive, Some(priors.adaptive_q.clone())),
+        Prior::Explicit(w) => {
+            explicit_log = w.iter().map(|q| q.ln()).collect();
+            (&explicit_log, Some(w.clone()))
+        }
+    };
+    let p = vmf::posterior(g.insert_axis(Axis(0)), temperature, log_q);
+    let probs: Vec<f64> = p.row(0).to_vec();
+    let top = top_k(&probs, o.top_k, protos.classes.labels());
+    Scored {
+        rule: o.rule,
+        temperature,
+        prior_name: o.prior.name(),
+        prior_used,
+        top1: top[0].index,
+        top,
+        posterior: o.posterior.then_some(probs),
+    }
+}
+
+/// The k most probable classes, most probable first (ties: lower index first).
+pub fn top_k(probs: &[f64], k: usize, labels: &[String]) -> Vec<Prediction> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(k.clamp(1, probs.len().max(1)))
+        .map(|i| Prediction {
+            label: labels[i].clone(),
+            index: i,
+            probability: probs[i],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_and_clamps() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let t = top_k(&[0.2, 0.5, 0.3], 10, &labels);
+        assert_eq!(t.iter().map(|p| p.index).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!(top_k(&[0.2, 0.5, 0.3], 1, &labels)[0].label, "b");
+    }
+}

@@ -1,0 +1,499 @@
+//! `proco-serve eval`: accuracy and calibration of every inference rule under every prior, on a
+//! labelled image folder, through the same decode -> preprocess -> ONNX Runtime -> vMF path as the
+//! server.
+//!
+//! * Input: `<data>/<label>/*.jpg|*.jpeg|*.png` (the layout of the CIFAR-10 archive), folder names
+//!   matched to the prototypes' labels.
+//! * Output: one table row per rule x prior, both with the rule's fitted temperature and with T = 1
+//!   ("uncalibrated"); optionally a JSON report and a reliability-diagram PNG.
+//! * `--shift` subsamples the set to another class distribution, so that the `adaptive` prior (EM
+//!   over the whole evaluated stream) can be compared with `uniform` and `train`.
+//! * `--fit-temperatures VAL --write-prototypes OUT` refits T per rule on a validation folder and
+//!   writes a prototypes file with a new content-derived `version`.
+//!
+//! This file is the orchestration; [`dataset`] reads the folder and subsamples it, [`report`]
+//! prints the table and builds the JSON rows, [`plot`] draws the reliability diagram.
+
+mod dataset;
+mod plot;
+mod report;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use ndarray::{Array2, Array4, ArrayView2, Axis};
+use serde_json::{json, Value};
+
+use crate::encoder::{Encode, Encoder, ProviderChoice, Threads};
+use crate::engine::PriorName;
+use crate::manifest::ModelManifest;
+use crate::preprocess::{self, DecodeLimits};
+use crate::prototypes::{self, EncoderShape, Prototypes};
+use crate::vmf::{
+    self, em_label_shift, evaluate, fit_temperature, posterior, reliability_bins, Rule,
+};
+use dataset::label_counts;
+use report::{per_label, Row};
+
+/// EM stopping rule for the offline adaptive prior (the notes: 1e-8 is plenty in production).
+const EM_TOLERANCE: f64 = 1e-8;
+const EM_MAX_ITERATIONS: usize = 10_000;
+/// Reliability-diagram data of one panel: (mean confidence, accuracy, count) per bin.
+type Bins = Vec<(f64, f64, usize)>;
+
+/// Reliability diagram bins (as the ECE).
+const BINS: usize = vmf::metrics::ECE_BINS;
+
+/// Options of `proco-serve eval`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Model directory with model.toml, the encoder and prototypes.json
+    #[arg(long, default_value = "models/cifar10-lt")]
+    pub model_dir: PathBuf,
+    /// Labelled test folder: <DIR>/<label>/*.jpg|*.jpeg|*.png, folder names as the prototypes' labels
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Priors, comma-separated: uniform, train, adaptive (EM over the evaluated set), oracle (its true label distribution)
+    #[arg(long, value_delimiter = ',', default_value = "uniform,train,adaptive")]
+    pub prior: Vec<String>,
+    /// Rules, comma-separated (default: linear,proco,vmf,ensemble)
+    #[arg(long, value_delimiter = ',')]
+    pub rule: Vec<Rule>,
+    /// Label shift: subsample the set so class k keeps a share proportional to `train` (the training
+    /// prior), `uniform`, or explicit weights w1,w2,...; the most constrained class is kept whole
+    #[arg(long, value_name = "train|uniform|w1,w2,...")]
+    pub shift: Option<String>,
+    /// Smallest probability the adaptive prior gives any class (the server's adaptive_floor)
+    #[arg(long, default_value_t = 1e-4)]
+    pub adaptive_floor: f64,
+    /// Seed of the --shift subsampling
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use at most this many images per class (before --shift), for quick runs
+    #[arg(long, value_name = "N")]
+    pub max_per_class: Option<usize>,
+    /// Write a JSON report (every row, per-class counts, EM estimate, reliability bins) here
+    #[arg(long, value_name = "OUT.json")]
+    pub report: Option<PathBuf>,
+    /// Write a reliability diagram here: one panel per rule (columns), T = 1 on top and the
+    /// fitted T below, for the first --prior; bars = accuracy per confidence bin, red = gap to
+    /// the mean confidence, black = the diagonal
+    #[arg(long, value_name = "OUT.png")]
+    pub reliability: Option<PathBuf>,
+    /// Fit each rule's temperature on this labelled validation folder (NLL with q = its label
+    /// distribution); the fitted temperatures are then used for the evaluation
+    #[arg(long, value_name = "VAL_DIR")]
+    pub fit_temperatures: Option<PathBuf>,
+    /// With --fit-temperatures: write the prototypes with the fitted temperatures and a new version here
+    #[arg(long, value_name = "OUT.json", requires = "fit_temperatures")]
+    pub write_prototypes: Option<PathBuf>,
+    /// Images per encoder batch
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Where the encoder runs
+    #[arg(long, value_enum, default_value = "auto")]
+    pub provider: ProviderChoice,
+    /// ONNX Runtime intra-op threads (0: ONNX Runtime decides)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// A prior `eval` can score under: one the server has, or the evaluated set's own label
+/// distribution (the best any prior could do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EvalPrior {
+    Serving(PriorName),
+    Oracle,
+}
+
+impl EvalPrior {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        match s.trim() {
+            "oracle" => Ok(EvalPrior::Oracle),
+            other => other.parse().map(EvalPrior::Serving).map_err(|_| {
+                anyhow::anyhow!(
+                    "unknown prior {other:?}; valid priors are uniform, train, adaptive, oracle"
+                )
+            }),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            EvalPrior::Serving(p) => p.as_str(),
+            EvalPrior::Oracle => "oracle",
+        }
+    }
+}
+
+/// Encoder outputs of a labelled set, row i for image i.
+struct Encoded {
+    features: Array2<f32>,
+    logits: Array2<f32>,
+    labels: Vec<usize>,
+    skipped: Vec<String>,
+}
+
+/// What every step of a run reads.
+struct Setup {
+    manifest: ModelManifest,
+    protos: Prototypes,
+    encoder: Encoder,
+    priors: Vec<EvalPrior>,
+    rules: Vec<Rule>,
+}
+
+/// Runs the `eval` subcommand.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if args.data.is_none() && args.fit_temperatures.is_none() {
+        bail!("nothing to do: give --data DIR (evaluate) and/or --fit-temperatures VAL_DIR");
+    }
+    if args.fit_temperatures.is_some() && args.write_prototypes.is_none() {
+        eprintln!("note: --fit-temperatures without --write-prototypes: the fitted values are used for this run only");
+    }
+    let mut setup = load(&args)?;
+    let mut temperatures: HashMap<Rule, f64> = Rule::ALL
+        .iter()
+        .map(|&r| (r, setup.protos.temperature(r)))
+        .collect();
+    if let Some(val_dir) = &args.fit_temperatures {
+        fit_temperatures(&mut setup, val_dir, &args, &mut temperatures)?;
+    }
+    let Some(data) = &args.data else {
+        return Ok(());
+    };
+    let (set, shift_info) = encode_test_set(&mut setup, data, &args)?;
+    let graded = grade(&setup, &set, &temperatures, args.adaptive_floor)?;
+    if let Some(path) = &args.reliability {
+        write_reliability(path, &setup, graded.panels)?;
+    }
+    if let Some(path) = &args.report {
+        let classes = &setup.protos.classes;
+        let counts = label_counts(&set.labels, classes.num_classes());
+        let report = json!({
+            "model": setup.manifest.name, "prototypes_version": setup.protos.version, "data": data.display().to_string(),
+            "provider": setup.encoder.provider(), "images": set.labels.len(), "skipped": set.skipped,
+            "per_class": per_label(classes.labels(), &counts), "shift": shift_info,
+            "temperatures": Rule::ALL.iter().map(|r| (r.to_string(), json!(temperatures[r]))).collect::<serde_json::Map<_, _>>(),
+            "temperatures_refitted": args.fit_temperatures.is_some(),
+            "bins": BINS, "em": {"tolerance": EM_TOLERANCE, "max_iterations": EM_MAX_ITERATIONS, "floor": args.adaptive_floor},
+            "rows": graded.rows, "reliability": graded.reliability,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Reads the arguments' priors and rules, the model and its prototypes, and loads the encoder.
+fn load(args: &EvalArgs) -> anyhow::Result<Setup> {
+    let priors = args
+        .prior
+        .iter()
+        .map(|s| EvalPrior::parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if priors.is_empty() {
+        bail!("--prior is empty");
+    }
+    let rules: Vec<Rule> = if args.rule.is_empty() {
+        Rule::ALL.to_vec()
+    } else {
+        args.rule.clone()
+    };
+    let manifest = ModelManifest::load(&args.model_dir)?;
+    let protos = Prototypes::load(&manifest.prototypes_path)?;
+    let threads = Threads {
+        intra: args.threads,
+        inter: 0,
+    };
+    let encoder = Encoder::load(&manifest, args.provider, threads)?;
+    if let Some(reason) = encoder.fallback_reason() {
+        eprintln!("note: running on CPU: {reason}");
+    }
+    protos.check_fits(&EncoderShape {
+        model: manifest.name.clone(),
+        feature_dim: encoder.feature_dim(),
+        num_classes: encoder.num_classes(),
+    })?;
+    Ok(Setup {
+        manifest,
+        protos,
+        encoder,
+        priors,
+        rules,
+    })
+}
+
+/// Refits each rule's temperature on the validation folder (NLL with q = its label
+/// distribution) and, with `--write-prototypes`, writes them out.
+fn fit_temperatures(
+    setup: &mut Setup,
+    val_dir: &Path,
+    args: &EvalArgs,
+    temperatures: &mut HashMap<Rule, f64>,
+) -> anyhow::Result<()> {
+    let items = dataset::scan(val_dir, setup.protos.classes.labels())?;
+    let val = encode(setup, &items, args.batch_size, "validation")?;
+    let classes = &setup.protos.classes;
+    let counts = label_counts(&val.labels, classes.num_classes());
+    let n = val.labels.len() as f64;
+    let log_q: Vec<f64> = counts.iter().map(|&k| (k as f64 / n).ln()).collect();
+    eprintln!(
+        "fitting temperatures on {} validation images (q = their label distribution)",
+        val.labels.len()
+    );
+    for rule in Rule::ALL {
+        let g = classes.balanced_logits(rule, val.features.view(), Some(val.logits.view()))?;
+        let t = fit_temperature(g.view(), &val.labels, &log_q);
+        let nll = |t: f64| evaluate(g.view(), t, &log_q, &val.labels, classes.counts()).nll;
+        eprintln!(
+            "  {rule:<9} T {:>12.6} -> {t:>12.6}   validation NLL {:.4} -> {:.4}",
+            temperatures[&rule],
+            nll(temperatures[&rule]),
+            nll(t)
+        );
+        temperatures.insert(rule, t);
+    }
+    if let Some(out) = &args.write_prototypes {
+        let version = prototypes::write_with_temperatures(
+            &setup.manifest.prototypes_path,
+            out,
+            temperatures,
+        )?;
+        eprintln!("wrote {} (version {version})", out.display());
+    }
+    Ok(())
+}
+
+/// Scans the test folder, applies `--max-per-class` and `--shift`, and encodes what is left.
+fn encode_test_set(
+    setup: &mut Setup,
+    data: &Path,
+    args: &EvalArgs,
+) -> anyhow::Result<(Encoded, Value)> {
+    let classes = &setup.protos.classes;
+    let c = classes.num_classes();
+    let mut items = dataset::scan(data, classes.labels())?;
+    if let Some(max) = args.max_per_class {
+        items = dataset::cap_per_class(items, max, c);
+    }
+    let mut shift_info = Value::Null;
+    if let Some(spec) = &args.shift {
+        let weights = dataset::shift_weights(spec, &setup.protos)?;
+        let available = label_counts(&items.iter().map(|i| i.1).collect::<Vec<_>>(), c);
+        let keep = dataset::shifted_counts(&available, &weights);
+        items = dataset::subsample(items, &keep, args.seed);
+        eprintln!(
+            "label shift {spec:?} (seed {}): images kept per class:",
+            args.seed
+        );
+        for (label, (k, a)) in classes.labels().iter().zip(keep.iter().zip(&available)) {
+            eprintln!("  {label:<16} {k:>6} of {a}");
+        }
+        shift_info = json!({"spec": spec, "seed": args.seed, "weights": weights,
+            "kept": per_label(classes.labels(), &keep), "available": per_label(classes.labels(), &available)});
+    }
+    let set = encode(setup, &items, args.batch_size, "test")?;
+    println!(
+        "model {} (prototypes {}), {} images from {}, encoder on {}",
+        setup.manifest.name,
+        setup.protos.version,
+        set.labels.len(),
+        data.display(),
+        setup.encoder.provider()
+    );
+    Ok((set, shift_info))
+}
+
+/// The graded set: the report's rows and reliability bins, and the diagram's panels.
+struct Graded {
+    rows: Vec<Value>,
+    reliability: serde_json::Map<String, Value>,
+    /// Rule-major: for each rule, the uncalibrated then the fitted panel (first prior).
+    panels: Vec<Bins>,
+}
+
+/// Every rule, uncalibrated and fitted, under every prior: prints the table as it goes.
+fn grade(
+    setup: &Setup,
+    set: &Encoded,
+    temperatures: &HashMap<Rule, f64>,
+    adaptive_floor: f64,
+) -> anyhow::Result<Graded> {
+    let classes = &setup.protos.classes;
+    let labels = &set.labels;
+    let c = classes.num_classes();
+    let counts = label_counts(labels, c);
+    let oracle: Vec<f64> = counts
+        .iter()
+        .map(|&k| (k as f64 / labels.len() as f64).max(adaptive_floor))
+        .collect();
+    report::print_header();
+    let mut graded = Graded {
+        rows: Vec::new(),
+        reliability: serde_json::Map::new(),
+        panels: Vec::new(),
+    };
+    for &rule in &setup.rules {
+        let g = classes.balanced_logits(rule, set.features.view(), Some(set.logits.view()))?;
+        for (calibrated, t) in [(false, 1.0), (true, temperatures[&rule])] {
+            for (pi, &prior) in setup.priors.iter().enumerate() {
+                let (q, em_iterations) = match prior {
+                    EvalPrior::Serving(PriorName::Uniform) => (vec![1.0 / c as f64; c], None),
+                    EvalPrior::Serving(PriorName::Train) => (classes.train_prior(), None),
+                    EvalPrior::Oracle => (oracle.clone(), None),
+                    EvalPrior::Serving(PriorName::Adaptive) => {
+                        let (q, it) =
+                            adaptive_prior(g.view(), t, &classes.train_prior(), adaptive_floor);
+                        (q, Some(it))
+                    }
+                };
+                let log_q: Vec<f64> = match prior {
+                    EvalPrior::Serving(PriorName::Train) => classes.log_train_prior().to_vec(),
+                    _ => q.iter().map(|v| v.ln()).collect(),
+                };
+                let row = Row {
+                    rule,
+                    calibrated,
+                    temperature: t,
+                    prior: prior.name(),
+                    metrics: evaluate(g.view(), t, &log_q, labels, classes.counts()),
+                    prior_vector: (prior != EvalPrior::Serving(PriorName::Uniform)).then_some(q),
+                    em_iterations,
+                };
+                report::print_row(&row);
+                graded.rows.push(row.to_json());
+                if pi == 0 {
+                    let probs = posterior(g.view(), t, &log_q);
+                    let bins = reliability_bins(probs.view(), labels, BINS);
+                    graded.reliability.insert(
+                        format!("{rule}/{}/{}", row.calibration(), prior.name()),
+                        json!(bins
+                            .iter()
+                            .map(|&(conf, acc, n)| json!([conf, acc, n]))
+                            .collect::<Vec<_>>()),
+                    );
+                    graded.panels.push(bins);
+                }
+            }
+        }
+    }
+    Ok(graded)
+}
+
+fn write_reliability(path: &Path, setup: &Setup, panels: Vec<Bins>) -> anyhow::Result<()> {
+    // Columns: rules; rows: uncalibrated, fitted (the panels are rule-major).
+    let mut grid = vec![Vec::new(); 2];
+    for (i, bins) in panels.into_iter().enumerate() {
+        grid[i % 2].push(bins);
+    }
+    plot::draw_reliability(&grid)
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "wrote {} (columns: {}; top row T = 1, bottom row fitted T; prior {})",
+        path.display(),
+        setup
+            .rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        setup.priors[0].name()
+    );
+    Ok(())
+}
+
+/// Saerens EM over all calibrated rows g/T, from the training prior; floored and renormalised.
+fn adaptive_prior(
+    g: ArrayView2<f64>,
+    t: f64,
+    train_prior: &[f64],
+    floor: f64,
+) -> (Vec<f64>, usize) {
+    let calibrated = g.mapv(|v| v / t);
+    let (q, it) = em_label_shift(
+        calibrated.view(),
+        train_prior,
+        EM_MAX_ITERATIONS,
+        EM_TOLERANCE,
+    );
+    let floored: Vec<f64> = q.iter().map(|v| v.max(floor)).collect();
+    let total: f64 = floored.iter().sum();
+    (floored.iter().map(|v| v / total).collect(), it)
+}
+
+/// Prepares (the server's decode + preprocess) and encodes the images in batches, printing
+/// progress to stderr. Undecodable images are skipped (and listed in the report).
+fn encode(
+    setup: &mut Setup,
+    items: &[(PathBuf, usize)],
+    batch_size: usize,
+    what: &str,
+) -> anyhow::Result<Encoded> {
+    let manifest = &setup.manifest;
+    let (h, w) = (
+        manifest.input.height as usize,
+        manifest.input.width as usize,
+    );
+    let limits = DecodeLimits::default();
+    let started = Instant::now();
+    let (mut features, mut logits) = (Vec::new(), Vec::new());
+    let (mut labels, mut skipped) = (Vec::new(), Vec::new());
+    let total = items.len();
+    let mut done = 0;
+    for chunk in items.chunks(batch_size.max(1)) {
+        let mut pixels = Vec::with_capacity(chunk.len() * 3 * h * w);
+        for (path, y) in chunk {
+            let prepared = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    preprocess::prepare(&bytes, &limits, manifest).map_err(|e| e.to_string())
+                });
+            match prepared {
+                Ok(tensor) => {
+                    pixels.extend(tensor);
+                    labels.push(*y);
+                }
+                Err(e) => {
+                    eprintln!("\nskipping {}: {e}", path.display());
+                    skipped.push(path.display().to_string());
+                }
+            }
+        }
+        done += chunk.len();
+        let n = pixels.len() / (3 * h * w);
+        if n > 0 {
+            let batch =
+                Array4::from_shape_vec((n, 3, h, w), pixels).expect("3*h*w values per image");
+            let out = Encode::run(&mut setup.encoder, batch.view())?;
+            features.push(out.feature);
+            logits.push(out.logits);
+        }
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        eprint!("\r{what}: {done}/{total} images, {rate:.0} images/s   ");
+        let _ = std::io::stderr().flush();
+    }
+    eprintln!(
+        "\r{what}: {done}/{total} images in {:.1} s{:>20}",
+        started.elapsed().as_secs_f64(),
+        ""
+    );
+    if labels.is_empty() {
+        bail!("no image of {what} could be decoded");
+    }
+    let stack = |parts: Vec<Array2<f32>>| -> Array2<f32> {
+        let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+        ndarray::concatenate(Axis(0), &views).expect("same widths")
+    };
+    Ok(Encoded {
+        features: stack(features),
+        logits: stack(logits),
+        labels,
+        skipped,
+    })
+}
