@@ -461,6 +461,8 @@ fn model_health_and_metrics_endpoints() {
         ("proco_prototypes_info", "gauge"),
         ("proco_execution_provider_info", "gauge"),
         ("proco_model_info", "gauge"),
+        ("proco_ready", "gauge"),
+        ("proco_batch_failures_total", "counter"),
     ];
     for (name, kind) in families {
         assert!(
@@ -487,6 +489,8 @@ fn model_health_and_metrics_endpoints() {
         common::metric(&text, "proco_model_info{classes=\"10\",feature_dim=\"128\",model=\"cifar10-lt-proco-resnet32\"}"),
         Some(1.0)
     );
+    assert_eq!(common::metric(&text, "proco_ready"), Some(1.0));
+    assert_eq!(common::metric(&text, "proco_batch_failures_total"), Some(0.0));
     assert!(common::metric(
         &text,
         "proco_http_requests_total{route=\"/v1/classify\",status=\"200\"}"

@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Summarises a scripts/bench-compare.sh run: one row per round and client count with both builds'
+req/s, their ratio, and each build's req/s over raw ONNX Runtime batch-1 images/s (the mean of the
+baselines that bracket the round); then the geometric mean of after / before over every row of every
+run given. Usage: scripts/bench_compare_table.py OUT_DIR [OUT_DIR...]"""
+import glob
+import json
+import os
+import sys
+
+import math
+
+
+def ort_batch1(out, i):
+    with open(f"{out}/ort-{i}.json") as f:
+        return next(r["images_per_s"] for r in json.load(f)["results"] if r["batch_size"] == 1)
+
+
+def levels(out, r, which):
+    with open(f"{out}/loadtest-{r}-{which}.json") as f:
+        return {lv["clients"]: lv["req_per_s"] for lv in json.load(f)["levels"]}
+
+
+print("| run | round | clients | raw ORT batch 1 (images/s, mean of the bracketing baselines) | before req/s | after req/s | after / before | before / raw | after / raw |")
+print("|---|---|---|---|---|---|---|---|---|")
+ratios = []
+for out in sys.argv[1:]:
+    rounds = sorted({int(os.path.basename(p).split("-")[1]) for p in glob.glob(f"{out}/loadtest-*-before.json")})
+    for r in rounds:
+        raw = (ort_batch1(out, r - 1) + ort_batch1(out, r)) / 2
+        b, a = levels(out, r, "before"), levels(out, r, "after")
+        for c in sorted(b):
+            ratios.append(a[c] / b[c])
+            print(f"| {out} | {r} | {c} | {raw:.1f} | {b[c]:.1f} | {a[c]:.1f} | {a[c] / b[c]:.2f} | {b[c] / raw:.2f} | {a[c] / raw:.2f} |")
+gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+print(f"\ngeometric mean of after / before over {len(ratios)} pairs: {gm:.2f} "
+      f"(smallest {min(ratios):.2f}, largest {max(ratios):.2f})")
