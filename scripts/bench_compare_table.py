@@ -23,7 +23,7 @@ def levels(out, r, which):
 
 print("| run | round | clients | raw ORT batch 1 (images/s, mean of the bracketing baselines) | before req/s | after req/s | after / before | before / raw | after / raw |")
 print("|---|---|---|---|---|---|---|---|---|")
-ratios = []
+ratios, before_raw, after_raw = [], [], []
 for out in sys.argv[1:]:
     rounds = sorted({int(os.path.basename(p).split("-")[1]) for p in glob.glob(f"{out}/loadtest-*-before.json")})
     for r in rounds:
@@ -31,7 +31,12 @@ for out in sys.argv[1:]:
         b, a = levels(out, r, "before"), levels(out, r, "after")
         for c in sorted(b):
             ratios.append(a[c] / b[c])
+            before_raw.append(b[c] / raw)
+            after_raw.append(a[c] / raw)
             print(f"| {out} | {r} | {c} | {raw:.1f} | {b[c]:.1f} | {a[c]:.1f} | {a[c] / b[c]:.2f} | {b[c] / raw:.2f} | {a[c] / raw:.2f} |")
 gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
 print(f"\ngeometric mean of after / before over {len(ratios)} pairs: {gm:.2f} "
-      f"(smallest {min(ratios):.2f}, largest {max(ratios):.2f})")
+      f"(smallest {min(ratios):.2f}, largest {max(ratios):.2f}); after ahead in "
+      f"{sum(x > 1 for x in ratios)} of {len(ratios)}")
+print(f"mean server / raw ONNX Runtime: before {sum(before_raw) / len(before_raw):.2f}, "
+      f"after {sum(after_raw) / len(after_raw):.2f}")
