@@ -43,7 +43,7 @@ embedding = "embedding"  # [N, 64] backbone feature
 
 def load_model(ckpt_path: str) -> tuple[ExportWrapper, dict]:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model = ProCoResNet32(classes=len(ckpt["counts"]))
+    model = ProCoResNet32(classes=len(ckpt["counts"]), normed_fc=bool(ckpt.get("normed_fc", False)))
     model.load_state_dict(ckpt["model"])
     wrapper = ExportWrapper(model).eval()
     return wrapper, ckpt

@@ -28,10 +28,27 @@ class BasicBlock(nn.Module):
         return F.relu(out + short)
 
 
-class ProCoResNet32(nn.Module):
-    """Backbone feature h (64-d) -> linear head logits; h -> MLP(64-512-128) -> unit z."""
+class NormedLinear(nn.Module):
+    """Cosine classifier s * cos(h, w_y) (LDAM-DRW's `use_norm`; s = 30 folded in as in ProCo's NormedLinear),
+    so that the exported logits are the ones the LDAM loss saw before its margins."""
 
-    def __init__(self, classes: int = 10, feat_dim: int = 128, blocks: int = 5):
+    def __init__(self, cin: int, cout: int, s: float = 30.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cin, cout).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5))
+        self.s = s
+
+    def forward(self, x):
+        return self.s * F.normalize(x, dim=1).mm(F.normalize(self.weight, dim=0))
+
+
+class ProCoResNet32(nn.Module):
+    """Backbone feature h (64-d) -> linear head logits; h -> MLP(64-512-128) -> unit z.
+
+    As the official `resnet_cifar.py`: Kaiming-normal initialisation on the encoder's convolutions only; the
+    projection head and the classifier keep PyTorch's default initialisation. `normed_fc` swaps the linear
+    classifier for the cosine one (LDAM-DRW)."""
+
+    def __init__(self, classes: int = 10, feat_dim: int = 128, blocks: int = 5, normed_fc: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -41,11 +58,11 @@ class ProCoResNet32(nn.Module):
                 layers.append(BasicBlock(cin, cout, stride if b == 0 else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(64, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, feat_dim))
-        self.fc = nn.Linear(64, classes)
-        for m in self.modules():
+        for m in self.modules():  # the encoder only: head and fc are created below, after this loop
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
+        self.head = nn.Sequential(nn.Linear(64, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, feat_dim))
+        self.fc = NormedLinear(64, classes) if normed_fc else nn.Linear(64, classes)
 
     def embed(self, x):
         out = F.relu(self.bn1(self.conv1(x)))

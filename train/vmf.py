@@ -161,14 +161,26 @@ class ProCoLoss:
         self.current = EstimatorCV(classes, dim, self.current.ave.device, g)
 
     def __call__(self, z_views: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        feats = torch.cat([z.detach() for z in z_views])
-        labs = labels.repeat(len(z_views))
-        self.current.update(feats, labs)
-        self.old.update(feats, labs)
-        self.old.update_kappa()
-        mu, kappa = self.old.mean_direction(), self.old.kappa
+        """Mean over the views of the logit-adjusted CE on the expected contrastive logits. As the official
+        training loop (one `criterion_scl` call per view), each view first updates both estimators and refreshes
+        `old`'s kappa, then gets its logits: the second view sees the first one's update."""
         losses = []
         for z in z_views:
+            feats = z.detach()
+            self.old.update(feats, labels)
+            self.current.update(feats, labels)
+            self.old.update_kappa()
+            mu, kappa = self.old.mean_direction(), self.old.kappa
             s = proco_logits(kappa, mu, z.to(torch.float64), self.tau)
             losses.append(torch.nn.functional.cross_entropy(s + self.log_prior, labels))
         return sum(losses) / len(losses)
+
+    def state_dict(self) -> dict:
+        return {"current": self.current.state_dict(), "old": self.old.state_dict()}
+
+    def load_state_dict(self, state: dict):
+        for name in ("current", "old"):
+            est = getattr(self, name)
+            dev = est.ave.device
+            for k, v in state[name].items():
+                setattr(est, k, v.to(dev))
