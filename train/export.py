@@ -88,7 +88,7 @@ def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str
 
     wrapper, ckpt = load_model(os.path.join(runs, "proco.pt"))
     export_onnx(wrapper, os.path.join(model_dir, "encoder.onnx"))
-    for base in ("la", "ce"):
+    for base in ("la", "ce", "ldam"):
         if os.path.exists(os.path.join(runs, f"{base}.pt")):
             export_onnx(load_model(os.path.join(runs, f"{base}.pt"))[0], os.path.join(model_dir, "baselines", f"{base}.onnx"))
     for name in os.listdir(runs):
