@@ -141,7 +141,7 @@ def run_all(a):
               + (f" ({done[m]} epochs already done: {left[m]:.0f} s left)" if m in done else ""), flush=True)
     total = max(left.values())
     print(f"ESTIMATE: {total:.0f} s ({total / 60:.1f} min) for the slowest run, plus start-up", flush=True)
-    extra = ["--resume"]
+    extra = ["--resume"] if a.resume else []
     if a.max_seconds is not None:
         remaining = a.max_seconds - (time.time() - t0)
         if total > remaining:
@@ -150,8 +150,9 @@ def run_all(a):
             if not a.allow_pause:
                 sys.exit(f"REFUSED: {msg}. Rerun with --allow-pause to train until the limit, checkpoint, and "
                          "resume with the same command, or give more time.")
-            print(f"WARNING: {msg}; the runs will checkpoint and pause (exit 3); rerun the same command to resume.", flush=True)
-        extra += ["--max-seconds", str(max(1.0, remaining))]
+            print(f"WARNING: {msg}; the runs will checkpoint and pause (exit 3); rerun with --resume to continue.", flush=True)
+        # a margin for each run's own start-up (loading the cache) and its last checkpoint
+        extra += ["--max-seconds", str(max(1.0, remaining - 20.0))]
     procs = [subprocess.Popen(_fit_cmd(a, m, extra)) for m in methods]
     codes = [p.wait() for p in procs]
     print(f"all runs finished in {time.time() - t0:.1f}s, exit codes {dict(zip(methods, codes))}", flush=True)

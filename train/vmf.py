@@ -70,10 +70,11 @@ def log_cp(p: int, kappa):
 
 
 def kappa_official(p: int, r):
-    """ProCo's concentration p R / (1 - R^2), clamped to [0, 1e5] as the official code does."""
+    """ProCo's concentration p R / (1 - R^2), capped at 1e5 as the official code does; a negative value (R
+    rounded to just above 1, e.g. a class seen once) also becomes 1e5 there, as here."""
     xp = _ops(r)
     k = p * r / (1 - r * r)
-    return xp.clip(k, 0.0, 1e5)
+    return xp.where(k < 0, 1e5, xp.clip(k, 0.0, 1e5))
 
 
 def kappa_tilde(kappa, mu, z, tau: float):

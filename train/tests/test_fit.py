@@ -83,6 +83,7 @@ def test_resume_is_bit_for_bit(tmp_path, method):
     b = torch.load(tmp_path / "b" / f"{method}.pt", weights_only=False)
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+        assert not v.is_floating_point() or torch.isfinite(v).all(), k
     if method == "proco":
         for k, v in a["estimator"].items():
             assert torch.equal(v, b["estimator"][k]), k
@@ -95,3 +96,10 @@ def test_resume_refuses_a_different_schedule(tmp_path):
     fit.train_arrays("ce", x, y, str(tmp_path), epochs=2, batch=32, max_seconds=1e-3, classes=10)
     with pytest.raises(SystemExit, match="different run configuration"):
         fit.train_arrays("ce", x, y, str(tmp_path), epochs=3, batch=32, resume=True, classes=10)
+
+
+def test_kappa_of_a_class_seen_once_is_capped_as_the_official_code():
+    from train.vmf import kappa_official
+    r = torch.tensor([0.5, 1.0, 1.0 + 1e-12, 0.999999999], dtype=torch.float64)
+    k = kappa_official(128, r)
+    assert k[0].item() == pytest.approx(128 * 0.5 / 0.75) and (k[1:] == 1e5).all()
