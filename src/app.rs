@@ -71,6 +71,33 @@ pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
     );
     publish_model_metrics(&metrics, &provider, &shape, &snapshot);
 
+    let (engine, infer) = start_inference(config, &manifest, encoder, &store, &metrics)?;
+    Ok(Serving {
+        manifest,
+        reloader: Arc::new(Reloader::new(
+            store.clone(),
+            metrics,
+            config.prototype_history,
+            config.max_classes,
+        )),
+        store,
+        engine,
+        infer,
+        provider,
+        feature_dim: shape.feature_dim,
+        num_classes: shape.num_classes,
+        default_prior: config.default_prior,
+    })
+}
+
+/// The engine, and the batcher thread that owns the encoder, behind the front layer.
+fn start_inference(
+    config: &Config,
+    manifest: &Arc<ModelManifest>,
+    encoder: Encoder,
+    store: &Arc<PrototypeStore>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<Engine>, Infer)> {
     let engine = Arc::new(Engine::new(
         AdaptivePriorConfig {
             window: config.adaptive_window,
@@ -81,12 +108,13 @@ pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
         },
         config.default_rule,
     ));
+    let input_size = (
+        manifest.input.height as usize,
+        manifest.input.width as usize,
+    );
     let batcher = Batcher::spawn(
         encoder,
-        (
-            manifest.input.height as usize,
-            manifest.input.width as usize,
-        ),
+        input_size,
         store.clone(),
         engine.clone(),
         metrics.clone(),
@@ -103,17 +131,7 @@ pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
         metrics.clone(),
         config.queue_capacity,
     );
-    Ok(Serving {
-        manifest,
-        reloader: Arc::new(Reloader::new(store.clone(), metrics)),
-        store,
-        engine,
-        infer,
-        provider,
-        feature_dim: shape.feature_dim,
-        num_classes: shape.num_classes,
-        default_prior: config.default_prior,
-    })
+    Ok((engine, infer))
 }
 
 /// The `_info` gauges and the adaptive prior's starting point (the training prior).
@@ -136,6 +154,16 @@ fn publish_model_metrics(
         ])
         .set(1.0);
     metrics.set_prototypes_version(None, &protos.version);
+    metrics.classes.set(protos.classes.num_classes() as i64);
+    if protos.version != protos.stated_version {
+        metrics.prototype_version_mismatches.inc();
+        tracing::warn!(
+            "the prototypes file states version {} but its content is version {}: serving it as {}",
+            protos.stated_version,
+            protos.version,
+            protos.version
+        );
+    }
     for (label, q) in protos
         .classes
         .labels()

@@ -30,6 +30,7 @@ use crate::encoder::{Encode, EncoderOutput};
 use crate::engine::{Engine, RequestOptions, Scored};
 use crate::prototypes::{PrototypeStore, Prototypes};
 use crate::telemetry::Metrics;
+use crate::vmf::Rule;
 
 /// Consecutive failed batches after which the server reports itself not ready.
 pub const FAILURES_BEFORE_UNREADY: u32 = 3;
@@ -42,12 +43,23 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
 }
 
+/// What a job asks for its images.
+#[derive(Clone, Debug)]
+pub enum Purpose {
+    /// Calibrated class probabilities under these options.
+    Classify(RequestOptions),
+    /// The unit features z only (to learn from); nothing is scored or counted.
+    Embed,
+}
+
 /// The answer to one job (one request's images).
 pub struct JobResult {
     /// The prototypes the whole batch was scored with.
     pub prototypes: Arc<Prototypes>,
-    /// One entry per image, in order.
+    /// One entry per image, in order (classify jobs).
     pub scored: Vec<Scored>,
+    /// One unit feature per image, in order (embed jobs).
+    pub features: Vec<Vec<f32>>,
     pub queue: Duration,
     pub inference: Duration,
     pub posterior: Duration,
@@ -58,13 +70,13 @@ pub struct JobResult {
 struct Work {
     /// CHW float images, each `3 * H * W`.
     images: Vec<Vec<f32>>,
-    options: RequestOptions,
+    purpose: Purpose,
     enqueued: Instant,
 }
 
 struct Job {
     work: Work,
-    reply: oneshot::Sender<Result<JobResult, String>>,
+    reply: oneshot::Sender<Result<JobResult, BatchError>>,
     /// The request's admission permits: they stay taken while the job is queued or running,
     /// even if the client has gone away meanwhile.
     _admission: Arc<OwnedSemaphorePermit>,
@@ -81,6 +93,14 @@ pub enum BatchError {
     Failed(String),
     #[error("the inference thread stopped")]
     Stopped,
+    /// The rule needs the linear head, which does not know every class of the prototypes
+    /// this batch used.
+    #[error("rule {rule} cannot answer: the encoder's linear head does not know every class of prototypes version {version}; use one of: {available}")]
+    RuleUnavailable {
+        rule: Rule,
+        version: String,
+        available: String,
+    },
 }
 
 /// Whether the inference thread is there and its batches succeed.
@@ -209,7 +229,7 @@ impl Batcher {
     pub async fn submit(
         &self,
         images: Vec<Vec<f32>>,
-        options: RequestOptions,
+        purpose: Purpose,
         admission: Arc<OwnedSemaphorePermit>,
     ) -> Result<JobResult, BatchError> {
         debug_assert!(images.iter().all(|i| i.len() == self.input_len));
@@ -219,7 +239,7 @@ impl Batcher {
         let job = Job {
             work: Work {
                 images,
-                options,
+                purpose,
                 enqueued: Instant::now(),
             },
             reply,
@@ -229,11 +249,7 @@ impl Batcher {
             self.metrics.queue_depth.sub(n);
             return Err(BatchError::Stopped);
         }
-        match answer.await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(BatchError::Failed(e)),
-            Err(_) => Err(BatchError::Stopped),
-        }
+        answer.await.unwrap_or(Err(BatchError::Stopped))
     }
 }
 
@@ -270,12 +286,12 @@ fn run(
         match outcome {
             Ok(results) => {
                 for ((reply, _admission), result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
                 for (reply, _admission) in replies {
-                    let _ = reply.send(Err(e.clone()));
+                    let _ = reply.send(Err(BatchError::Failed(e.clone())));
                 }
             }
         }
@@ -328,13 +344,13 @@ fn collect(
     Some(jobs)
 }
 
-/// Encodes and scores one batch; one result per job, in order.
+/// Encodes and scores one batch; one result per job, in order. `Err`: the whole batch failed.
 fn process(
     encoder: &mut impl Encode,
     (h, w): (usize, usize),
     jobs: &[Work],
     shared: &Shared,
-) -> Result<Vec<JobResult>, String> {
+) -> Result<Vec<Result<JobResult, BatchError>>, String> {
     let started = Instant::now();
     let prototypes = shared.store.snapshot();
     let metrics = &shared.metrics;
@@ -359,35 +375,90 @@ fn process(
     metrics.inference_duration.observe(inference.as_secs_f64());
 
     let t1 = Instant::now();
-    let options: Vec<&RequestOptions> = jobs
-        .iter()
-        .flat_map(|j| std::iter::repeat_n(&j.options, j.images.len()))
-        .collect();
-    let scored = shared
-        .engine
-        .score(&prototypes, &out, &options)
-        .map_err(|e| format!("scoring failed: {e}"))?;
+    let available = prototypes.available_rules();
+    let scored = score_jobs(jobs, &out, &prototypes, &available, shared)?;
     let posterior = t1.elapsed();
     metrics.posterior_duration.observe(posterior.as_secs_f64());
-    for s in &scored {
-        metrics
-            .predictions
-            .with_label_values(&[prototypes.classes.labels()[s.top1].as_str()])
-            .inc();
-    }
 
     let mut scored = scored.into_iter();
-    Ok(jobs
-        .iter()
-        .map(|job| JobResult {
+    let mut first_row = 0;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let rows = first_row..first_row + job.images.len();
+        first_row = rows.end;
+        let result = JobResult {
             prototypes: prototypes.clone(),
-            scored: scored.by_ref().take(job.images.len()).collect(),
+            scored: Vec::new(),
+            features: Vec::new(),
             queue: started.duration_since(job.enqueued),
             inference,
             posterior,
             batch_size: total,
-        })
-        .collect())
+        };
+        results.push(match &job.purpose {
+            Purpose::Embed => Ok(JobResult {
+                features: rows.map(|r| out.feature.row(r).to_vec()).collect(),
+                ..result
+            }),
+            Purpose::Classify(o) if !available.contains(&o.rule) => {
+                Err(BatchError::RuleUnavailable {
+                    rule: o.rule,
+                    version: prototypes.version.clone(),
+                    available: available
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+            Purpose::Classify(_) => Ok(JobResult {
+                scored: scored.by_ref().take(rows.len()).collect(),
+                ..result
+            }),
+        });
+    }
+    Ok(results)
+}
+
+/// Scores the rows of the classify jobs whose rule can answer, in order, and counts their
+/// predictions.
+fn score_jobs(
+    jobs: &[Work],
+    out: &EncoderOutput,
+    prototypes: &Prototypes,
+    available: &[Rule],
+    shared: &Shared,
+) -> Result<Vec<Scored>, String> {
+    let mut rows = Vec::new();
+    let mut options: Vec<&RequestOptions> = Vec::new();
+    let mut first_row = 0;
+    for job in jobs {
+        if let Purpose::Classify(o) = &job.purpose {
+            if available.contains(&o.rule) {
+                rows.extend(first_row..first_row + job.images.len());
+                options.extend(std::iter::repeat_n(o, job.images.len()));
+            }
+        }
+        first_row += job.images.len();
+    }
+    let scored = if rows.len() == out.feature.nrows() {
+        shared.engine.score(prototypes, out, &options)
+    } else {
+        let subset = EncoderOutput {
+            feature: out.feature.select(Axis(0), &rows),
+            logits: out.logits.select(Axis(0), &rows),
+        };
+        shared.engine.score(prototypes, &subset, &options)
+    }
+    .map_err(|e| format!("scoring failed: {e}"))?;
+    for s in &scored {
+        shared
+            .metrics
+            .predictions
+            .with_label_values(&[prototypes.classes.labels()[s.top1].as_str()])
+            .inc();
+    }
+    Ok(scored)
 }
 
 /// Runs the encoder in chunks of `max_batch_size` (only a single oversized job needs more

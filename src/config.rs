@@ -102,7 +102,7 @@ settings! {
     adaptive_floor: f64 = 1e-4, env "PROCO_ADAPTIVE_FLOOR";
     /// Re-estimate the adaptive prior every this many images
     adaptive_refresh_every: usize = 64, env "PROCO_ADAPTIVE_REFRESH_EVERY";
-    /// Bearer token for POST /admin/reload (unset or empty: the endpoint answers 403)
+    /// Bearer token for the /admin endpoints (unset or empty: they answer 403)
     [hide_env_values = true]
     admin_token: String = String::new(), env "PROCO_ADMIN_TOKEN";
     /// auto | cuda | cpu
@@ -111,6 +111,10 @@ settings! {
     intra_threads: usize = 0, env "PROCO_INTRA_THREADS";
     /// ONNX Runtime threads across operators (0: ONNX Runtime decides)
     inter_threads: usize = 0, env "PROCO_INTER_THREADS";
+    /// Most classes the prototypes may have after learning new classes from examples
+    max_classes: usize = 10_000, env "PROCO_MAX_CLASSES";
+    /// Prototype versions kept beside the prototypes file for rollback (0: keep none)
+    prototype_history: usize = 10, env "PROCO_PROTOTYPE_HISTORY";
     /// How often the prototypes file is checked for changes, in ms (0: never)
     reload_poll_ms: u64 = 500, env "PROCO_RELOAD_POLL_MS";
     /// Log filter: error | warn | info | debug | trace, or a tracing directive

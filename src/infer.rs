@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::batcher::{BatchError, Batcher, JobResult, Readiness};
+use crate::batcher::{BatchError, Batcher, JobResult, Purpose, Readiness};
 use crate::engine::RequestOptions;
 use crate::manifest::ModelManifest;
 use crate::preprocess::{self, DecodeError, DecodeLimits};
@@ -87,6 +87,20 @@ impl Infer {
         images: Vec<ImageInput>,
         options: RequestOptions,
     ) -> Result<Classified, InferError> {
+        self.run(images, Purpose::Classify(options)).await
+    }
+
+    /// The unit feature z of each image (to learn from), through the same admission, decoding
+    /// and batches as [`classify`](Self::classify); all or nothing likewise.
+    pub async fn embed(&self, images: Vec<ImageInput>) -> Result<Vec<Vec<f32>>, InferError> {
+        Ok(self.run(images, Purpose::Embed).await?.result.features)
+    }
+
+    async fn run(
+        &self,
+        images: Vec<ImageInput>,
+        purpose: Purpose,
+    ) -> Result<Classified, InferError> {
         // Admission before any decoding work: a full server says so at once, and the permits
         // (one per image, held until the answer) also bound how many images are being decoded.
         // Every decode task and the queued job hold a share, so room is given back only when
@@ -128,7 +142,7 @@ impl Infer {
             decode.push(took);
         }
 
-        let result = self.batcher.submit(tensors, options, admission).await?;
+        let result = self.batcher.submit(tensors, purpose, admission).await?;
         Ok(Classified { result, decode })
     }
 }

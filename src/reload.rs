@@ -1,7 +1,9 @@
-//! Hot reload of the class prototypes. File polling, SIGHUP and `POST /admin/reload` all go
-//! through one [`Reloader`], which holds one lock from reading the file to recording the
-//! result, so the reloads, their log lines, `proco_prototype_reloads_total{result}` and
-//! `proco_prototypes_info` all follow the order in which the swaps happened.
+//! Every change of the served prototypes goes through one [`Reloader`]: reloads of the file
+//! (polling, SIGHUP, `POST /admin/reload`) and changes made by the server itself (examples
+//! learned, a class removed, a rollback). It holds one lock from reading or computing the new
+//! version to recording the result, so the swaps, the file on disk, its history, the log lines
+//! and the metrics all follow one order. A change the server makes is written durably (and kept
+//! in the history) before it is served and acknowledged.
 //!
 //! Why polling (every `reload_poll_ms`, default 500 ms) rather than inotify: it works the
 //! same on every filesystem (bind mounts, network and container volumes, editors that
@@ -14,7 +16,9 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::prototypes::{PrototypeError, PrototypeStore, ReloadOutcome};
+use crate::prototypes::change::{self, ChangeError};
+use crate::prototypes::durable::{self, Cause, History, VersionEntry};
+use crate::prototypes::{PrototypeError, PrototypeStore, Prototypes, ReloadOutcome};
 use crate::telemetry::Metrics;
 
 /// What started a reload (for the log).
@@ -35,22 +39,174 @@ impl std::fmt::Display for Trigger {
     }
 }
 
-/// The one way prototypes are reloaded.
+/// A change the server makes to the prototypes.
+pub enum Change {
+    /// Fold these unit features into class `label` (a new class only with `create`).
+    Learn {
+        label: String,
+        features: Vec<Vec<f32>>,
+        create: bool,
+    },
+    /// Remove class `label`.
+    Remove { label: String },
+    /// Serve a kept earlier version again.
+    Rollback { version: String },
+}
+
+/// Why a change was not made; the served prototypes are untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeFailed {
+    #[error("{0}")]
+    Refused(#[from] ChangeError),
+    #[error("there is no kept version {0:?} (GET /v1/prototypes/versions lists them)")]
+    UnknownVersion(String),
+    #[error("the changed prototypes are invalid: {0}")]
+    Invalid(#[from] PrototypeError),
+    #[error("cannot store the new prototypes: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+/// What a change did.
+pub struct Changed {
+    pub outcome: ReloadOutcome,
+    /// The class count of the prototypes now served.
+    pub classes: usize,
+    /// For `Learn`: whether the class was created.
+    pub created: bool,
+}
+
+/// The one way prototypes change.
 pub struct Reloader {
     store: Arc<PrototypeStore>,
     metrics: Arc<Metrics>,
-    /// SHA-256 of the bytes last read from the file, under the one reload lock.
+    /// `None` when the history is switched off (`prototype_history = 0`).
+    history: Option<History>,
+    max_classes: usize,
+    /// SHA-256 of the bytes last read from or written to the file, under the one lock.
     last_read: Mutex<Option<[u8; 32]>>,
 }
 
 impl Reloader {
-    pub fn new(store: Arc<PrototypeStore>, metrics: Arc<Metrics>) -> Self {
+    /// `keep`: versions kept in the history (0: none); `max_classes`: the most classes a
+    /// change may create.
+    pub fn new(
+        store: Arc<PrototypeStore>,
+        metrics: Arc<Metrics>,
+        keep: usize,
+        max_classes: usize,
+    ) -> Self {
         let initial = std::fs::read(store.path()).ok().map(|b| digest(&b));
+        let history = (keep > 0).then(|| History::beside(store.path(), keep));
         Reloader {
             store,
             metrics,
+            history,
+            max_classes,
             last_read: Mutex::new(initial),
         }
+    }
+
+    /// The kept versions, oldest first.
+    pub fn versions(&self) -> std::io::Result<Vec<VersionEntry>> {
+        match &self.history {
+            Some(h) => h.list(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Makes `change`, writes the result durably (file, then history), and serves it.
+    /// Blocking (file I/O): call it from a blocking context.
+    pub fn apply(&self, change: Change) -> Result<Changed, ChangeFailed> {
+        let mut last_read = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.store.snapshot();
+        let (bytes, cause, created, learned) = self.changed_bytes(&current, change)?;
+        let protos = self.store.check(&bytes)?;
+        let classes = protos.classes.num_classes();
+        let version = protos.version.clone();
+        self.remember_first(&current)?;
+        durable::write_atomically(self.store.path(), &bytes)?;
+        *last_read = Some(digest(&bytes));
+        if let Some(h) = &self.history {
+            h.record(&bytes, &version, cause, classes)?;
+        }
+        let outcome = self.store.swap(protos);
+        self.metrics.prototype_versions_written.inc();
+        self.metrics.classes.set(classes as i64);
+        if let Some((label, n)) = learned {
+            self.metrics
+                .examples_learned
+                .with_label_values(&[label.as_str()])
+                .inc_by(n);
+        }
+        if cause == Cause::Rollback {
+            self.metrics.prototype_rollbacks.inc();
+        }
+        if let ReloadOutcome::Swapped { previous, current } = &outcome {
+            self.metrics.set_prototypes_version(Some(previous), current);
+            tracing::info!("prototypes {cause:?}: now serving version {current} (was {previous}), {classes} classes");
+        }
+        Ok(Changed {
+            outcome,
+            classes,
+            created,
+        })
+    }
+
+    /// The new file's bytes for `change`, its cause, whether a class was created, and for
+    /// learning the label and the number of examples.
+    #[allow(clippy::type_complexity)]
+    fn changed_bytes(
+        &self,
+        current: &Prototypes,
+        change: Change,
+    ) -> Result<(Vec<u8>, Cause, bool, Option<(String, u64)>), ChangeFailed> {
+        Ok(match change {
+            Change::Learn {
+                label,
+                features,
+                create,
+            } => {
+                let (mut doc, created) = change::learn(
+                    &current.document,
+                    &label,
+                    &features,
+                    create,
+                    self.max_classes,
+                )?;
+                let n = features.len() as u64;
+                (doc.to_bytes(), Cause::Learned, created, Some((label, n)))
+            }
+            Change::Remove { label } => {
+                let mut doc = change::remove(&current.document, &label)?;
+                (doc.to_bytes(), Cause::Deleted, false, None)
+            }
+            Change::Rollback { version } => {
+                let bytes = self
+                    .history
+                    .as_ref()
+                    .and_then(|h| h.read(&version).ok())
+                    .ok_or(ChangeFailed::UnknownVersion(version))?;
+                (bytes, Cause::Rollback, false, None)
+            }
+        })
+    }
+
+    /// Before the first change is recorded, keeps the version being served, so that a rollback
+    /// can return to what the server started with.
+    fn remember_first(&self, current: &Prototypes) -> std::io::Result<()> {
+        let Some(h) = &self.history else {
+            return Ok(());
+        };
+        if h.list()?.is_empty() {
+            // The document re-serialised has the same content, hence the same id, as the file
+            // it was read from (a unit test checks this on the bundled prototypes).
+            let bytes = current.document.clone().to_bytes();
+            let version = Prototypes::from_slice(&bytes)
+                .map(|p| p.version)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            h.record(&bytes, &version, Cause::File, current.classes.num_classes())?;
+        }
+        Ok(())
     }
 
     /// Re-reads the prototypes file and swaps it in if valid and new. Blocking (file I/O and
@@ -80,7 +236,7 @@ impl Reloader {
                     return None;
                 }
                 *last_read = Some(hash);
-                self.store.replace_from_bytes(&bytes)
+                self.reload_bytes(&bytes)
             }
             // Missing for a moment (being replaced by rename): the poller tries again.
             Err(_) if only_if_changed => return None,
@@ -91,6 +247,46 @@ impl Reloader {
         };
         self.record(trigger, &result);
         Some(result)
+    }
+
+    /// Checks and serves bytes read from the file; a new version is kept in the history, and a
+    /// stale stated version is reported when it is swapped in.
+    fn reload_bytes(&self, bytes: &[u8]) -> Result<ReloadOutcome, PrototypeError> {
+        let protos = self.store.check(bytes)?;
+        let (version, stated) = (protos.version.clone(), protos.stated_version.clone());
+        let classes = protos.classes.num_classes();
+        let current = self.store.snapshot();
+        if current.version != version {
+            if let Err(e) = self.keep_in_history(&current, bytes, &version, classes) {
+                tracing::warn!("cannot keep version {version} in the history: {e}");
+            }
+        }
+        let outcome = self.store.swap(protos);
+        if matches!(outcome, ReloadOutcome::Swapped { .. }) {
+            self.metrics.classes.set(classes as i64);
+            if stated != version {
+                self.metrics.prototype_version_mismatches.inc();
+                tracing::warn!(
+                    "{} states version {stated} but its content is version {version}: serving it as {version} (the version always follows the content)",
+                    self.store.path().display()
+                );
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn keep_in_history(
+        &self,
+        current: &Prototypes,
+        bytes: &[u8],
+        version: &str,
+        classes: usize,
+    ) -> std::io::Result<()> {
+        self.remember_first(current)?;
+        if let Some(h) = &self.history {
+            h.record(bytes, version, Cause::File, classes)?;
+        }
+        Ok(())
     }
 
     fn record(&self, trigger: Trigger, result: &Result<ReloadOutcome, PrototypeError>) {

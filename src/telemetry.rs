@@ -28,6 +28,11 @@ pub struct Metrics {
     pub model_info: GaugeVec,
     pub batch_failures: IntCounter,
     pub ready: IntGauge,
+    pub examples_learned: IntCounterVec,
+    pub classes: IntGauge,
+    pub prototype_versions_written: IntCounter,
+    pub prototype_rollbacks: IntCounter,
+    pub prototype_version_mismatches: IntCounter,
 }
 
 /// Latency buckets from 0.1 ms to 10 s.
@@ -38,159 +43,165 @@ fn latency_buckets() -> Vec<f64> {
     ]
 }
 
+/// Registers a metric in `registry` and hands it back. The names and help texts are fixed
+/// and valid, so registration cannot fail at run time.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique and valid");
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let r = Registry::new();
         let hist = |name: &str, help: &str| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(latency_buckets()))
-                .unwrap();
-            registry.register(Box::new(h.clone())).unwrap();
-            h
+            let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
+            register(&r, Histogram::with_opts(opts).expect("valid histogram"))
         };
-        let http_requests = IntCounterVec::new(
-            Opts::new(
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let request_opts = HistogramOpts::new(
+            "proco_request_duration_seconds",
+            "Time from receiving a request to sending its response, by route",
+        )
+        .buckets(latency_buckets());
+        let batch_opts = HistogramOpts::new("proco_batch_size", "Images per encoder batch")
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
+        let metrics = Metrics {
+            http_requests: counters(
                 "proco_http_requests_total",
                 "HTTP requests answered, by route and status code",
+                &["route", "status"],
             ),
-            &["route", "status"],
-        )
-        .unwrap();
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "proco_request_duration_seconds",
-                "Time from receiving a request to sending its response, by route",
-            )
-            .buckets(latency_buckets()),
-            &["route"],
-        )
-        .unwrap();
-        let queue_duration = hist(
-            "proco_queue_duration_seconds",
-            "Time an image waited in the batch queue before the encoder took it",
-        );
-        let decode_duration = hist(
-            "proco_decode_duration_seconds",
-            "Time to decode, check and resize one image",
-        );
-        let inference_duration = hist(
-            "proco_inference_duration_seconds",
-            "Time of one encoder (ONNX Runtime) batch run",
-        );
-        let posterior_duration = hist(
-            "proco_posterior_duration_seconds",
-            "Time to turn one batch of encoder outputs into posteriors (rules, temperature, prior)",
-        );
-        let batch_size = Histogram::with_opts(
-            HistogramOpts::new("proco_batch_size", "Images per encoder batch")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-        )
-        .unwrap();
-        let queue_depth = IntGauge::new(
-            "proco_queue_depth",
-            "Images waiting for the encoder right now",
-        )
-        .unwrap();
-        let predictions = IntCounterVec::new(
-            Opts::new(
+            request_duration: register(&r, HistogramVec::new(request_opts, &["route"]).expect("valid")),
+            queue_duration: hist(
+                "proco_queue_duration_seconds",
+                "Time an image waited in the batch queue before the encoder took it",
+            ),
+            decode_duration: hist(
+                "proco_decode_duration_seconds",
+                "Time to decode, check and resize one image",
+            ),
+            inference_duration: hist(
+                "proco_inference_duration_seconds",
+                "Time of one encoder (ONNX Runtime) batch run",
+            ),
+            posterior_duration: hist(
+                "proco_posterior_duration_seconds",
+                "Time to turn one batch of encoder outputs into posteriors (rules, temperature, prior)",
+            ),
+            batch_size: register(&r, Histogram::with_opts(batch_opts).expect("valid")),
+            queue_depth: register(
+                &r,
+                IntGauge::new("proco_queue_depth", "Images waiting for the encoder right now")
+                    .expect("valid"),
+            ),
+            predictions: counters(
                 "proco_predictions_total",
                 "Top-1 predictions served, by label",
+                &["label"],
             ),
-            &["label"],
-        )
-        .unwrap();
-        let adaptive_prior = GaugeVec::new(
-            Opts::new(
+            adaptive_prior: gauges(
                 "proco_adaptive_prior",
                 "Current adaptive (EM label-shift) estimate of the class prior, by label",
+                &["label"],
             ),
-            &["label"],
-        )
-        .unwrap();
-        let adaptive_samples = Gauge::new(
-            "proco_adaptive_prior_samples",
-            "Images in the adaptive prior's window",
-        )
-        .unwrap();
-        let prototype_reloads = IntCounterVec::new(
-            Opts::new(
+            adaptive_samples: register(
+                &r,
+                Gauge::new(
+                    "proco_adaptive_prior_samples",
+                    "Images in the adaptive prior's window",
+                )
+                .expect("valid"),
+            ),
+            prototype_reloads: counters(
                 "proco_prototype_reloads_total",
                 "Prototype reload attempts, by result (success, unchanged, rejected)",
+                &["result"],
             ),
-            &["result"],
-        )
-        .unwrap();
-        let prototypes_info = GaugeVec::new(
-            Opts::new(
+            prototypes_info: gauges(
                 "proco_prototypes_info",
                 "Version of the prototypes being served (always 1)",
+                &["version"],
             ),
-            &["version"],
-        )
-        .unwrap();
-        let execution_provider_info = GaugeVec::new(
-            Opts::new(
+            execution_provider_info: gauges(
                 "proco_execution_provider_info",
                 "Execution provider in use and the one requested (always 1)",
+                &["provider", "requested"],
             ),
-            &["provider", "requested"],
-        )
-        .unwrap();
-        let model_info = GaugeVec::new(
-            Opts::new("proco_model_info", "The model being served (always 1)"),
-            &["model", "feature_dim", "classes"],
-        )
-        .unwrap();
-        let batch_failures = IntCounter::new(
-            "proco_batch_failures_total",
-            "Encoder batches that failed or panicked (their requests got an error answer)",
-        )
-        .unwrap();
-        let ready = IntGauge::new(
-            "proco_ready",
-            "1 when /health/ready answers 200: the model is loaded, the inference thread runs and recent batches succeed",
-        )
-        .unwrap();
-        for c in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(batch_failures.clone()),
-            Box::new(ready.clone()),
-            Box::new(request_duration.clone()),
-            Box::new(batch_size.clone()),
-            Box::new(queue_depth.clone()),
-            Box::new(predictions.clone()),
-            Box::new(adaptive_prior.clone()),
-            Box::new(adaptive_samples.clone()),
-            Box::new(prototype_reloads.clone()),
-            Box::new(prototypes_info.clone()),
-            Box::new(execution_provider_info.clone()),
-            Box::new(model_info.clone()),
-        ] {
-            registry.register(c).unwrap();
-        }
+            model_info: gauges(
+                "proco_model_info",
+                "The model being served (always 1)",
+                &["model", "feature_dim", "classes"],
+            ),
+            batch_failures: register(
+                &r,
+                IntCounter::new(
+                    "proco_batch_failures_total",
+                    "Encoder batches that failed or panicked (their requests got an error answer)",
+                )
+                .expect("valid"),
+            ),
+            ready: register(
+                &r,
+                IntGauge::new(
+                    "proco_ready",
+                    "1 when /health/ready answers 200: the model is loaded, the inference thread runs and recent batches succeed",
+                )
+                .expect("valid"),
+            ),
+            examples_learned: counters(
+                "proco_examples_learned_total",
+                "Images taught through POST /admin/prototypes/examples, by label",
+                &["label"],
+            ),
+            classes: register(
+                &r,
+                IntGauge::new("proco_classes", "Classes in the prototypes being served")
+                    .expect("valid"),
+            ),
+            prototype_versions_written: register(
+                &r,
+                IntCounter::new(
+                    "proco_prototype_versions_written_total",
+                    "Prototype versions the server wrote itself (learned, deleted, rollback)",
+                )
+                .expect("valid"),
+            ),
+            prototype_rollbacks: register(
+                &r,
+                IntCounter::new(
+                    "proco_prototype_rollbacks_total",
+                    "Rollbacks to an earlier prototypes version",
+                )
+                .expect("valid"),
+            ),
+            prototype_version_mismatches: register(
+                &r,
+                IntCounter::new(
+                    "proco_prototype_version_mismatches_total",
+                    "Prototype files read whose stated version is not the id of their content (served under the content's id)",
+                )
+                .expect("valid"),
+            ),
+            registry: r.clone(),
+        };
         // Make the reload counters visible at 0 before the first reload.
         for result in ["success", "unchanged", "rejected"] {
-            prototype_reloads.with_label_values(&[result]);
+            metrics.prototype_reloads.with_label_values(&[result]);
         }
-        Metrics {
-            registry,
-            http_requests,
-            request_duration,
-            queue_duration,
-            decode_duration,
-            inference_duration,
-            posterior_duration,
-            batch_size,
-            queue_depth,
-            predictions,
-            adaptive_prior,
-            adaptive_samples,
-            prototype_reloads,
-            prototypes_info,
-            execution_provider_info,
-            model_info,
-            batch_failures,
-            ready,
-        }
+        metrics
     }
 
     /// Replaces the `proco_prototypes_info` series: only the served version is present.

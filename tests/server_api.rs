@@ -490,7 +490,10 @@ fn model_health_and_metrics_endpoints() {
         Some(1.0)
     );
     assert_eq!(common::metric(&text, "proco_ready"), Some(1.0));
-    assert_eq!(common::metric(&text, "proco_batch_failures_total"), Some(0.0));
+    assert_eq!(
+        common::metric(&text, "proco_batch_failures_total"),
+        Some(0.0)
+    );
     assert!(common::metric(
         &text,
         "proco_http_requests_total{route=\"/v1/classify\",status=\"200\"}"

@@ -13,7 +13,13 @@ use std::time::{Duration, Instant};
 
 use common::{any_jpeg, client, copy_model_dir, metric, write_atomically, Server};
 
-/// The bundled prototypes with every temperature scaled by `factor` and a new version.
+/// The id of a prototypes document's content (what the server serves it as).
+fn version_of(bytes: &[u8]) -> String {
+    let doc: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    proco_serve::prototypes::prototypes_version(&doc)
+}
+
+/// The bundled prototypes with every temperature scaled by `factor`, stating `version`.
 fn modified_prototypes(factor: f64, version: &str) -> Vec<u8> {
     let text =
         std::fs::read_to_string(Path::new(common::MODEL_DIR).join("prototypes.json")).unwrap();
@@ -122,11 +128,10 @@ fn file_change_reloads_under_load_without_failing_a_request() {
     );
 
     // 1. A valid new version, written atomically.
-    let v2 = "reload-test-v2";
-    write_atomically(
-        &dir.path().join("prototypes.json"),
-        &modified_prototypes(2.0, v2),
-    );
+    let v2_bytes = modified_prototypes(2.0, "reload-test-v2");
+    let v2 = version_of(&v2_bytes);
+    let v2 = v2.as_str();
+    write_atomically(&dir.path().join("prototypes.json"), &v2_bytes);
     wait_until(
         &server,
         "version v2 to be served",
@@ -237,7 +242,9 @@ fn admin_reload_and_sighup() {
     let c = client();
     let path = dir.path().join("prototypes.json");
 
-    write_atomically(&path, &modified_prototypes(3.0, "admin-v2"));
+    let admin_bytes = modified_prototypes(3.0, "admin-v2");
+    let admin_v2 = version_of(&admin_bytes);
+    write_atomically(&path, &admin_bytes);
     let r = c
         .post(server.url("/admin/reload"))
         .bearer_auth("tok")
@@ -246,9 +253,13 @@ fn admin_reload_and_sighup() {
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().unwrap();
     assert_eq!(body["result"], "success");
-    assert_eq!(body["version"], "admin-v2");
+    assert_eq!(body["version"], admin_v2.as_str());
+    assert_eq!(
+        body["stated_version"], "admin-v2",
+        "a stale stated version is reported"
+    );
     let (_, out) = common::classify(&c, &server, "", "image/jpeg", any_jpeg());
-    assert_eq!(out["prototypes_version"], "admin-v2");
+    assert_eq!(out["prototypes_version"], admin_v2.as_str());
 
     write_atomically(&path, &invalid_prototypes());
     let r = c
@@ -260,7 +271,7 @@ fn admin_reload_and_sighup() {
     let body: serde_json::Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "invalid_prototypes");
     let (_, out) = common::classify(&c, &server, "", "image/jpeg", any_jpeg());
-    assert_eq!(out["prototypes_version"], "admin-v2");
+    assert_eq!(out["prototypes_version"], admin_v2.as_str());
 
     // A file with a different feature_dim than the encoder's output is refused too.
     let mut doc: serde_json::Value =
@@ -288,14 +299,16 @@ fn admin_reload_and_sighup() {
     assert!(msg.contains("feature_dim"), "{msg}");
 
     // SIGHUP reloads too.
-    write_atomically(&path, &modified_prototypes(4.0, "sighup-v3"));
+    let sighup_bytes = modified_prototypes(4.0, "sighup-v3");
+    let sighup_v3 = version_of(&sighup_bytes);
+    write_atomically(&path, &sighup_bytes);
     let status = std::process::Command::new("kill")
         .args(["-HUP", &server.pid().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     wait_until(&server, "SIGHUP reload", Duration::from_secs(10), || {
-        common::get_json(&c, &server, "/v1/model").1["prototypes_version"] == "sighup-v3"
+        common::get_json(&c, &server, "/v1/model").1["prototypes_version"] == sighup_v3.as_str()
     });
     let text = metrics_text(&server);
     assert_eq!(
@@ -305,5 +318,90 @@ fn admin_reload_and_sighup() {
     assert_eq!(
         metric(&text, "proco_prototype_reloads_total{result=\"rejected\"}"),
         Some(2.0)
+    );
+}
+
+/// Every kappa scaled by 1.01, the stated version left as it was (a hand edit).
+fn kappa_edited(doc: &serde_json::Value, factor: f64) -> Vec<u8> {
+    let mut doc = doc.clone();
+    for class in doc["classes"].as_array_mut().unwrap() {
+        let k = class["kappa"].as_f64().unwrap();
+        class["kappa"] = serde_json::json!(k * factor);
+    }
+    serde_json::to_vec_pretty(&doc).unwrap()
+}
+
+/// A hand edit that leaves `version` stale still takes effect, through the file poll, SIGHUP
+/// and the admin endpoint, and the disagreement is reported.
+#[test]
+fn a_reload_follows_the_content_not_the_stated_version() {
+    let dir = copy_model_dir();
+    let path = dir.path().join("prototypes.json");
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let server = Server::start_with_env(
+        &[
+            "--model-dir",
+            dir.path().to_str().unwrap(),
+            "--reload-poll-ms",
+            "100",
+        ],
+        &[("PROCO_ADMIN_TOKEN", "tok")],
+    );
+    let c = client();
+    let served = || common::get_json(&c, &server, "/v1/model").1["prototypes_version"].clone();
+    let kappa0 = || {
+        common::get_json(&c, &server, "/v1/model").1["kappa"][0]
+            .as_f64()
+            .unwrap()
+    };
+    let k_start = kappa0();
+    assert_eq!(served(), original["version"]);
+
+    // 1. The file poll.
+    let polled = kappa_edited(&original, 1.01);
+    write_atomically(&path, &polled);
+    wait_until(&server, "the polled edit", Duration::from_secs(10), || {
+        served() == version_of(&polled).as_str()
+    });
+    assert!((kappa0() / k_start - 1.01).abs() < 1e-12);
+
+    // 2. SIGHUP (polling would see it too, so stop it from racing: it reads the same bytes
+    // under the same lock and either one applies it once).
+    let hup = kappa_edited(&original, 1.02);
+    write_atomically(&path, &hup);
+    std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_until(&server, "the SIGHUP edit", Duration::from_secs(10), || {
+        served() == version_of(&hup).as_str()
+    });
+
+    // 3. The admin endpoint.
+    let admin = kappa_edited(&original, 1.03);
+    write_atomically(&path, &admin);
+    let r = c
+        .post(server.url("/admin/reload"))
+        .bearer_auth("tok")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().unwrap();
+    // The poller may have applied it first; either way the content's id is served.
+    assert_eq!(body["version"], version_of(&admin).as_str());
+    assert_eq!(body["stated_version"], original["version"]);
+    assert!((kappa0() / k_start - 1.03).abs() < 1e-12);
+
+    let text = metrics_text(&server);
+    assert_eq!(
+        metric(&text, "proco_prototype_version_mismatches_total"),
+        Some(3.0),
+        "each stale file is counted once"
+    );
+    assert!(
+        server.logs().contains("but its content is version"),
+        "{}",
+        server.logs()
     );
 }

@@ -59,8 +59,8 @@ struct Harness {
     gate: Option<std_mpsc::Sender<()>>,
 }
 
-fn tiny_prototypes(version: &str) -> Prototypes {
-    Prototypes::from_slice(&serde_json::to_vec(&tiny_document(version)).unwrap()).unwrap()
+fn tiny_prototypes(vmf_temperature: f64) -> Prototypes {
+    Prototypes::from_slice(&serde_json::to_vec(&tiny_document(vmf_temperature)).unwrap()).unwrap()
 }
 
 fn harness(script: &[Step], gated: bool, max_batch_size: usize, queue_capacity: usize) -> Harness {
@@ -72,7 +72,7 @@ fn harness(script: &[Step], gated: bool, max_batch_size: usize, queue_capacity: 
     let store = Arc::new(PrototypeStore::new(
         std::path::Path::new("tiny.json"),
         shape,
-        tiny_prototypes("v1"),
+        tiny_prototypes(1.0),
     ));
     let metrics = Arc::new(Metrics::new());
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -132,7 +132,7 @@ impl Harness {
         tokio::spawn(async move {
             let admission = Arc::new(h.batcher.try_admit(1).expect("room"));
             h.batcher
-                .submit(vec![image(class)], options(), admission)
+                .submit(vec![image(class)], Purpose::Classify(options()), admission)
                 .await
         })
     }
@@ -140,7 +140,7 @@ impl Harness {
     async fn classify(&self, class: usize) -> Result<JobResult, BatchError> {
         let admission = Arc::new(self.batcher.try_admit(1).expect("room"));
         self.batcher
-            .submit(vec![image(class)], options(), admission)
+            .submit(vec![image(class)], Purpose::Classify(options()), admission)
             .await
     }
 
@@ -218,28 +218,30 @@ async fn queued_jobs_are_batched_together_up_to_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_keeps_one_prototypes_snapshot_through_a_reload() {
     let h = Arc::new(harness(&[], true, 8, 64));
+    let v1 = tiny_prototypes(1.0).version;
+    let v2 = tiny_prototypes(2.0).version;
     let blocker = h.spawn_job(0);
     h.wait_batches_started(1).await;
     let batch: Vec<_> = (0..3).map(|i| h.spawn_job(i % 2)).collect();
     h.wait_queued(3).await;
     // Let the blocker through; the second batch takes its snapshot, then blocks in the encoder.
     h.open_gate(1);
-    assert_eq!(blocker.await.unwrap().unwrap().prototypes.version, "v1");
+    assert_eq!(blocker.await.unwrap().unwrap().prototypes.version, v1);
     h.wait_batches_started(2).await;
     // Reload while that batch is inside the encoder.
-    let doc = serde_json::to_vec(&tiny_document("v2")).unwrap();
+    let doc = serde_json::to_vec(&tiny_document(2.0)).unwrap();
     h.store.replace_from_bytes(&doc).unwrap();
     h.open_gate(2);
     for job in batch {
         let r = job.await.unwrap().unwrap();
         assert_eq!(r.batch_size, 3);
         assert_eq!(
-            r.prototypes.version, "v1",
+            r.prototypes.version, v1,
             "the snapshot taken at the batch's start"
         );
     }
     let after = h.classify(0).await.unwrap();
-    assert_eq!(after.prototypes.version, "v2");
+    assert_eq!(after.prototypes.version, v2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

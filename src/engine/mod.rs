@@ -87,9 +87,27 @@ impl Engine {
             out.feature.nrows(),
             "one options entry per row"
         );
+        // The linear head's columns in the prototypes' class order. The head may not know
+        // every class: then the rules that read it cannot answer (the batcher has refused
+        // their requests already) and the adaptive prior follows the proco rule meanwhile.
+        let columns = protos.head_columns();
+        let selected: Option<Array2<f32>> = match &columns {
+            Some(cols) if !cols.iter().copied().eq(0..out.logits.ncols()) => {
+                Some(out.logits.select(Axis(1), cols))
+            }
+            _ => None,
+        };
+        let linear = columns
+            .is_some()
+            .then(|| selected.as_ref().map_or(out.logits.view(), |h| h.view()));
+        let adaptive_rule = if linear.is_some() || !self.adaptive_rule.needs_linear_head() {
+            self.adaptive_rule
+        } else {
+            Rule::Proco
+        };
         // Balanced logits once per distinct rule (each is one C x p product for the batch).
         let mut rules: Vec<Rule> = options.iter().map(|o| o.rule).collect();
-        rules.push(self.adaptive_rule);
+        rules.push(adaptive_rule);
         rules.sort_by_key(|r| r.as_str());
         rules.dedup();
         let logits: Vec<(Rule, Array2<f64>)> = rules
@@ -97,7 +115,7 @@ impl Engine {
             .map(|rule| {
                 protos
                     .classes
-                    .balanced_logits(rule, out.feature.view(), Some(out.logits.view()))
+                    .balanced_logits(rule, out.feature.view(), linear)
                     .map(|g| (rule, g))
             })
             .collect::<Result<_, _>>()?;
@@ -111,8 +129,8 @@ impl Engine {
             .collect();
 
         // Feed the adaptive prior with this batch's calibrated rows of its rule.
-        let t = protos.temperature(self.adaptive_rule);
-        let g = g_of(self.adaptive_rule);
+        let t = protos.temperature(adaptive_rule);
+        let g = g_of(adaptive_rule);
         self.adaptive.observe(
             protos,
             g.rows()

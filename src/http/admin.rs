@@ -1,24 +1,31 @@
-//! The admin endpoints, behind a bearer token: `POST /admin/reload`.
+//! The admin endpoints, behind a bearer token (`admin_token`; 403 when none is configured):
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /admin/reload` | re-read the prototypes file now |
+//! | `POST /admin/prototypes/examples?label=NAME[&create=true]` | learn from labelled images |
+//! | `DELETE /admin/prototypes/classes/{name}` | remove a class |
+//! | `POST /admin/prototypes/rollback?version=ID` | serve a kept earlier version again |
+//!
+//! Every change goes through the one reloader (`crate::reload`), so it is written durably
+//! and swapped in like a reload; classify requests go on meanwhile.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::ApiError;
+use super::{body, ApiError};
+use crate::infer::ImageInput;
 use crate::prototypes::ReloadOutcome;
-use crate::reload::Trigger;
-use crate::state::AppState;
+use crate::reload::{Change, Changed, Reloader, Trigger};
+use crate::state::{AppState, Serving};
 
-/// `POST /admin/reload`: re-read the prototypes file now. Needs `Authorization: Bearer
-/// <admin_token>`; answers 403 when no token is configured.
-pub async fn admin_reload(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+/// The loaded model, once the bearer token checks out.
+fn authorized(state: &AppState, headers: &HeaderMap) -> Result<Arc<Serving>, ApiError> {
     let Some(token) = state.config.admin_token() else {
         return Err(ApiError::AdminDisabled(
             "admin endpoints are disabled: set admin_token (PROCO_ADMIN_TOKEN)".into(),
@@ -34,25 +41,182 @@ pub async fn admin_reload(
             "missing or wrong bearer token".into(),
         ));
     }
-    let serving = state
+    state
         .serving()
         .cloned()
-        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
+        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))
+}
+
+/// `POST /admin/reload`: re-read the prototypes file now.
+pub async fn admin_reload(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let serving = authorized(&state, &headers)?;
     let reloader = serving.reloader.clone();
     let outcome = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin))
         .await
         .map_err(|e| ApiError::Internal(format!("reload failed: {e}")))?;
-    match outcome {
-        Ok(ReloadOutcome::Swapped { previous, current }) => Ok(Json(json!({
+    let mut answer = match outcome {
+        Ok(ReloadOutcome::Swapped { previous, current }) => json!({
             "result": "success", "version": current, "previous_version": previous,
-        }))
-        .into_response()),
+        }),
         Ok(ReloadOutcome::Unchanged { version }) => {
-            Ok(Json(json!({"result": "unchanged", "version": version})).into_response())
+            json!({"result": "unchanged", "version": version})
         }
-        Err(e) => Err(ApiError::InvalidPrototypes(format!(
-            "the prototypes file was rejected ({e}); the previous version is still served"
-        ))),
+        Err(e) => {
+            return Err(ApiError::InvalidPrototypes(format!(
+                "the prototypes file was rejected ({e}); the previous version is still served"
+            )))
+        }
+    };
+    // A file whose stated version is stale is served under the id of its content; say so.
+    let served = serving.store.snapshot();
+    if served.stated_version != served.version {
+        answer["stated_version"] = json!(served.stated_version);
+        answer["warning"] = json!(format!(
+            "the file states version {} but its content is version {}; the content's id is served",
+            served.stated_version, served.version
+        ));
+    }
+    Ok(Json(answer).into_response())
+}
+
+/// `POST /admin/prototypes/examples?label=NAME[&create=true]`: one image as the body, or
+/// several as multipart; each goes through the same decoding, encoder and batches as
+/// `/v1/classify`, and its unit feature is folded into the class. All or nothing.
+pub async fn learn_examples(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let serving = authorized(&state, request.headers())?;
+    let (parts, body) = request.into_parts();
+    let bytes = body::read_body(body, state.config.max_body_bytes, &parts.headers).await?;
+    let (mut label, mut create) = (None, false);
+    for (key, value) in body::query_pairs(parts.uri.query().unwrap_or(""))? {
+        match key.as_str() {
+            "label" => label = Some(value),
+            "create" => create = body::parse_bool("create", &value)?,
+            other => {
+                return Err(ApiError::InvalidParameter(format!(
+                    "unknown query parameter {other:?} (known: label, create)"
+                )))
+            }
+        }
+    }
+    let label =
+        label.ok_or_else(|| ApiError::InvalidParameter("give the class as ?label=NAME".into()))?;
+    crate::prototypes::change::check_label(&label)
+        .map_err(|e| ApiError::InvalidLabel(e.to_string()))?;
+    // Refusals that need no image are made before any image is encoded (the reloader checks
+    // again against the version it changes).
+    let protos = serving.store.snapshot();
+    if !protos.classes.labels().contains(&label) {
+        if !create {
+            return Err(ApiError::UnknownLabel(format!(
+                "there is no class {label:?}; add create=true to create it"
+            )));
+        }
+        if protos.classes.num_classes() >= state.config.max_classes {
+            return Err(ApiError::TooManyClasses(format!(
+                "the prototypes already have {} classes, the most max_classes allows",
+                protos.classes.num_classes()
+            )));
+        }
+    }
+    let images = body::images(parts, bytes, state.config.max_images_per_request).await?;
+    let multipart = images.multipart;
+    let inputs: Vec<ImageInput> = images
+        .inputs
+        .iter()
+        .map(|input| ImageInput {
+            bytes: input.bytes.clone(),
+            name: multipart.then(|| body::describe_part(input)),
+        })
+        .collect();
+    let n = inputs.len();
+    let features = serving.infer.embed(inputs).await?;
+    let change = Change::Learn {
+        label: label.clone(),
+        features,
+        create,
+    };
+    let changed = apply(&serving.reloader, change).await?;
+    let count = serving
+        .store
+        .snapshot()
+        .document
+        .classes
+        .iter()
+        .find(|c| c.label == label)
+        .map(|c| c.count);
+    let mut answer = changed_json(&changed);
+    answer["label"] = json!(label);
+    answer["learned"] = json!(n);
+    answer["created"] = json!(changed.created);
+    answer["count"] = json!(count);
+    Ok(Json(answer).into_response())
+}
+
+/// `DELETE /admin/prototypes/classes/{name}`.
+pub async fn remove_class(
+    State(state): State<Arc<AppState>>,
+    Path(label): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let serving = authorized(&state, &headers)?;
+    let changed = apply(
+        &serving.reloader,
+        Change::Remove {
+            label: label.clone(),
+        },
+    )
+    .await?;
+    let mut answer = changed_json(&changed);
+    answer["removed"] = json!(label);
+    Ok(Json(answer).into_response())
+}
+
+/// `POST /admin/prototypes/rollback?version=ID`.
+pub async fn rollback(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let serving = authorized(&state, request.headers())?;
+    let mut version = None;
+    for (key, value) in body::query_pairs(request.uri().query().unwrap_or(""))? {
+        match key.as_str() {
+            "version" => version = Some(value),
+            other => {
+                return Err(ApiError::InvalidParameter(format!(
+                    "unknown query parameter {other:?} (known: version)"
+                )))
+            }
+        }
+    }
+    let version = version
+        .ok_or_else(|| ApiError::InvalidParameter("give the version as ?version=ID".into()))?;
+    let changed = apply(&serving.reloader, Change::Rollback { version }).await?;
+    Ok(Json(changed_json(&changed)).into_response())
+}
+
+async fn apply(reloader: &Arc<Reloader>, change: Change) -> Result<Changed, ApiError> {
+    let reloader = reloader.clone();
+    tokio::task::spawn_blocking(move || reloader.apply(change))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the change failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+fn changed_json(changed: &Changed) -> Value {
+    match &changed.outcome {
+        ReloadOutcome::Swapped { previous, current } => json!({
+            "result": "success", "version": current, "previous_version": previous,
+            "classes": changed.classes,
+        }),
+        ReloadOutcome::Unchanged { version } => {
+            json!({"result": "unchanged", "version": version, "classes": changed.classes})
+        }
     }
 }
 

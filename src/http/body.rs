@@ -1,5 +1,5 @@
-//! Reading what a client sends: the body (with its size limit), its media kind, and the
-//! parts of a multipart request. Every protocol adapter that takes images reads them here.
+//! Reading what a client sends: the body (with its size limit), its media kind, the parts of
+//! a multipart request, and query parameters. Every protocol adapter that takes images reads them here.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Request};
@@ -187,5 +187,26 @@ pub async fn images(
                 multipart: true,
             })
         }
+    }
+}
+
+/// The pairs of a query string, percent-decoded.
+pub fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let uri: axum::http::Uri = format!("/?{query}")
+        .parse()
+        .map_err(|_| ApiError::InvalidParameter("malformed query string".into()))?;
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::InvalidParameter(format!("malformed query string: {e}")))
+}
+
+/// A boolean query parameter: true | 1 | yes | (empty), false | 0 | no.
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
+    match value {
+        "true" | "1" | "yes" | "" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(ApiError::InvalidParameter(format!(
+            "{key} {other:?} is not true or false"
+        ))),
     }
 }

@@ -165,20 +165,26 @@ fn parse_query(
     state: &AppState,
     serving: &Serving,
 ) -> Result<RequestOptions, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query)?;
-    let c = serving.num_classes;
+    let pairs: Vec<(String, String)> = body::query_pairs(query)?;
+    // The class count and the rules that can answer are those of the prototypes served now
+    // (learning may have added or removed classes since start-up).
+    let protos = serving.store.snapshot();
+    let c = protos.classes.num_classes();
+    let available = protos.available_rules();
     let mut options = RequestOptions {
         rule: state.config.default_rule,
         prior: Prior::Named(serving.default_prior),
         top_k: DEFAULT_TOP_K.min(c),
         posterior: false,
     };
+    let mut rule_given = false;
     for (key, value) in pairs {
         match key.as_str() {
             "rule" => {
                 options.rule = value
                     .parse::<Rule>()
-                    .map_err(|e| ApiError::InvalidRule(e.to_string()))?
+                    .map_err(|e| ApiError::InvalidRule(e.to_string()))?;
+                rule_given = true;
             }
             "prior" => options.prior = Prior::parse(&value, c).map_err(ApiError::InvalidPrior)?,
             "top_k" => {
@@ -190,17 +196,7 @@ fn parse_query(
                 }
                 options.top_k = k.min(c);
             }
-            "posterior" => {
-                options.posterior = match value.as_str() {
-                    "true" | "1" | "yes" | "" => true,
-                    "false" | "0" | "no" => false,
-                    other => {
-                        return Err(ApiError::InvalidParameter(format!(
-                            "posterior {other:?} is not true or false"
-                        )))
-                    }
-                }
-            }
+            "posterior" => options.posterior = body::parse_bool("posterior", &value)?,
             other => {
                 return Err(ApiError::InvalidParameter(format!(
                     "unknown query parameter {other:?} (known: top_k, rule, prior, posterior)"
@@ -208,14 +204,19 @@ fn parse_query(
             }
         }
     }
+    if !available.contains(&options.rule) {
+        if rule_given {
+            let names: Vec<&str> = available.iter().map(|r| r.as_str()).collect();
+            return Err(ApiError::RuleUnavailable(format!(
+                "rule {} needs the encoder's linear head, which does not know every class of prototypes version {}; use one of: {}",
+                options.rule,
+                protos.version,
+                names.join(", ")
+            )));
+        }
+        // The server's default rule reads the linear head, which does not know every class
+        // (a class was learned from examples): the proco rule answers instead, and says so.
+        options.rule = Rule::Proco;
+    }
     Ok(options)
-}
-
-fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    let uri: axum::http::Uri = format!("/?{query}")
-        .parse()
-        .map_err(|_| ApiError::InvalidParameter("malformed query string".into()))?;
-    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
-        .map(|q| q.0)
-        .map_err(|e| ApiError::InvalidParameter(format!("malformed query string: {e}")))
 }

@@ -12,6 +12,8 @@ use serde_json::json;
 use crate::batcher::BatchError;
 use crate::infer::InferError;
 use crate::preprocess::DecodeError;
+use crate::prototypes::change::ChangeError;
+use crate::reload::ChangeFailed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -60,6 +62,24 @@ pub enum ApiError {
     /// 422 invalid_prototypes: an admin reload found an invalid file (still serving the old).
     #[error("{0}")]
     InvalidPrototypes(String),
+    /// 400 rule_unavailable: the rule needs the linear head, which does not know every class.
+    #[error("{0}")]
+    RuleUnavailable(String),
+    /// 400 invalid_label: empty, over 128 bytes, or with control characters.
+    #[error("{0}")]
+    InvalidLabel(String),
+    /// 404 unknown_label: no such class (learning without create=true, or removing).
+    #[error("{0}")]
+    UnknownLabel(String),
+    /// 404 unknown_version: no kept version with that id.
+    #[error("{0}")]
+    UnknownVersion(String),
+    /// 409 last_class: the only class cannot be removed.
+    #[error("{0}")]
+    LastClass(String),
+    /// 422 too_many_classes: creating a class would exceed max_classes.
+    #[error("{0}")]
+    TooManyClasses(String),
     /// 503 queue_full, with Retry-After.
     #[error("{0}")]
     QueueFull(String),
@@ -82,7 +102,11 @@ impl ApiError {
         use ApiError::*;
         match self {
             EmptyBody(_) | InvalidMultipart(_) | IncompleteBody(_) | InvalidRule(_)
-            | InvalidPrior(_) | InvalidTopK(_) | InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            | InvalidPrior(_) | InvalidTopK(_) | InvalidParameter(_) | RuleUnavailable(_)
+            | InvalidLabel(_) => StatusCode::BAD_REQUEST,
+            UnknownLabel(_) | UnknownVersion(_) => StatusCode::NOT_FOUND,
+            LastClass(_) => StatusCode::CONFLICT,
+            TooManyClasses(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             InvalidImage(_) | InvalidPrototypes(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ImageTooLarge(_) | BodyTooLarge(_) | TooManyImages(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -113,6 +137,12 @@ impl ApiError {
             Unauthorized(_) => "unauthorized",
             AdminDisabled(_) => "admin_disabled",
             InvalidPrototypes(_) => "invalid_prototypes",
+            RuleUnavailable(_) => "rule_unavailable",
+            InvalidLabel(_) => "invalid_label",
+            UnknownLabel(_) => "unknown_label",
+            UnknownVersion(_) => "unknown_version",
+            LastClass(_) => "last_class",
+            TooManyClasses(_) => "too_many_classes",
             QueueFull(_) => "queue_full",
             NotReady(_) => "not_ready",
             NotFound(_) => "not_found",
@@ -134,6 +164,9 @@ impl From<InferError> for ApiError {
             },
             InferError::QueueFull { .. } => ApiError::QueueFull(message),
             InferError::Batch(BatchError::Failed(m)) => ApiError::Internal(m),
+            InferError::Batch(BatchError::RuleUnavailable { .. }) => {
+                ApiError::RuleUnavailable(message)
+            }
             InferError::Batch(BatchError::Stopped) | InferError::DecodeTask(_) => {
                 ApiError::Internal(message)
             }
@@ -167,5 +200,25 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+/// A refused change to the prototypes.
+impl From<ChangeFailed> for ApiError {
+    fn from(e: ChangeFailed) -> Self {
+        let message = e.to_string();
+        match e {
+            ChangeFailed::Refused(refusal) => match refusal {
+                ChangeError::InvalidLabel(_) => ApiError::InvalidLabel(message),
+                ChangeError::UnknownLabel(_) | ChangeError::NoSuchClass(_) => {
+                    ApiError::UnknownLabel(message)
+                }
+                ChangeError::TooManyClasses { .. } => ApiError::TooManyClasses(message),
+                ChangeError::LastClass(_) => ApiError::LastClass(message),
+                ChangeError::BadFeatures(_) => ApiError::InvalidImage(message),
+            },
+            ChangeFailed::UnknownVersion(_) => ApiError::UnknownVersion(message),
+            ChangeFailed::Invalid(_) | ChangeFailed::Storage(_) => ApiError::Internal(message),
+        }
     }
 }

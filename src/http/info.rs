@@ -32,6 +32,8 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
                 "train_prior": train_prior[i],
                 "kappa": cm.kappa()[i],
                 "mean_resultant_length": protos.mean_resultant_length[i],
+                "source": protos.sources[i],
+                "in_linear_head": protos.head_index[i].is_some(),
             })
         })
         .collect();
@@ -45,6 +47,7 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
         "labels": cm.labels(),
         "num_classes": cm.num_classes(),
         "feature_dim": serving.feature_dim,
+        "schema_version": protos.document.schema_version,
         "input": {"height": serving.manifest.input.height, "width": serving.manifest.input.width,
                   "resize": serving.manifest.input.resize, "filter": serving.manifest.input.filter},
         "classes": classes,
@@ -53,7 +56,7 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
         "kappa": cm.kappa(),
         "tau": cm.tau(),
         "alpha": cm.alpha(),
-        "rules": Rule::ALL.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "rules": protos.available_rules().iter().map(|r| r.to_string()).collect::<Vec<_>>(),
         "temperatures": temperatures,
         "prototypes_version": protos.version,
         "prototypes_default_rule": protos.default_rule,
@@ -134,6 +137,8 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(serving) = state.serving() {
         let protos = serving.store.snapshot();
         let (estimate, samples) = serving.engine.adaptive_estimate(&protos);
+        // Labels change when classes are learned or removed: only the served ones are shown.
+        state.metrics.adaptive_prior.reset();
         for (label, q) in protos.classes.labels().iter().zip(&estimate) {
             state
                 .metrics
@@ -151,4 +156,24 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// `GET /v1/prototypes/versions`: the version served and the kept history (newest first).
+pub async fn versions(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let serving = state
+        .serving()
+        .cloned()
+        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
+    let reloader = serving.reloader.clone();
+    let mut entries = tokio::task::spawn_blocking(move || reloader.versions())
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot read the history: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("cannot read the history: {e}")))?;
+    entries.reverse();
+    Ok(Json(json!({
+        "current": serving.store.snapshot().version,
+        "keep": state.config.prototype_history,
+        "versions": entries,
+    }))
+    .into_response())
 }

@@ -8,7 +8,11 @@
 //! | `GET /v1/model` | [`info::model`] |
 //! | `GET /health/live`, `GET /health/ready` | [`info::live`], [`info::ready`] |
 //! | `GET /metrics` | [`info::metrics`] |
+//! | `GET /v1/prototypes/versions` | [`info::versions`] |
 //! | `POST /admin/reload` | [`admin::admin_reload`] |
+//! | `POST /admin/prototypes/examples` | [`admin::learn_examples`] |
+//! | `DELETE /admin/prototypes/classes/{name}` | [`admin::remove_class`] |
+//! | `POST /admin/prototypes/rollback` | [`admin::rollback`] |
 
 pub mod admin;
 pub mod body;
@@ -40,7 +44,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health/live", get(info::live))
         .route("/health/ready", get(info::ready))
         .route("/metrics", get(info::metrics))
+        .route("/v1/prototypes/versions", get(info::versions))
         .route("/admin/reload", post(admin::admin_reload))
+        .route("/admin/prototypes/examples", post(admin::learn_examples))
+        .route(
+            "/admin/prototypes/classes/{name}",
+            axum::routing::delete(admin::remove_class),
+        )
+        .route("/admin/prototypes/rollback", post(admin::rollback))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())

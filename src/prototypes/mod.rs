@@ -1,19 +1,24 @@
-//! `prototypes.json` (schema "proco-prototypes" v1, see docs/prototypes.md and its JSON
-//! Schema, docs/prototypes.schema.json): parsing and validation ([`Prototypes`]), the store the
-//! server reads them from ([`store`]), and the content-derived version id ([`version`]).
+//! `prototypes.json` (schema "proco-prototypes" v1 and v2, see docs/prototypes.md and its JSON
+//! Schema, docs/prototypes.schema.json): the file's form ([`Document`]), parsing and validation
+//! ([`Prototypes`]), changes learned from examples ([`change`]), the store the server reads
+//! them from ([`store`]), durable versions on disk ([`durable`]), and the content-derived version
+//! id ([`version`]).
 //!
 //! The reader is as strict as the schema: every required field must be there, and an unknown
 //! key is refused with its name, so that a typo (`kapa`) is an error and not a silently
-//! ignored field.
+//! ignored field. The version served is always the id of the content: a file whose stated
+//! `version` is stale is served under its real id, and the disagreement is reported.
 
+pub mod change;
+pub mod durable;
 pub mod store;
 pub mod version;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::vmf::{ClassModel, Rule};
@@ -21,7 +26,8 @@ pub use store::{PrototypeStore, ReloadOutcome};
 pub use version::prototypes_version;
 
 pub const SCHEMA: &str = "proco-prototypes";
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this server writes; it reads 1 and 2.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Why a prototypes document was refused.
 #[derive(Debug, thiserror::Error)]
@@ -39,38 +45,103 @@ pub enum PrototypeError {
     Model(#[from] crate::vmf::ModelError),
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClass {
-    index: usize,
-    label: String,
-    count: f64,
-    kappa: f64,
-    mean_resultant_length: f64,
-    mu: Vec<f64>,
+/// Where a class's statistics come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The training run (possibly with examples added since).
+    Training,
+    /// Only examples taught to the server.
+    Examples,
 }
 
-#[derive(Deserialize)]
+/// One class as the file holds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPrototypes {
-    schema: String,
-    schema_version: u32,
-    version: String,
-    model: String,
-    feature_dim: usize,
-    tau: f64,
-    alpha: f64,
-    labels: Vec<String>,
-    default_rule: Rule,
-    temperatures: HashMap<String, f64>,
-    classes: Vec<RawClass>,
+pub struct ClassEntry {
+    pub index: usize,
+    pub label: String,
+    /// Written as an integer when it is one (as the exporter writes it), so that re-serialising
+    /// a document keeps its content id.
+    #[serde(serialize_with = "integral_as_integer")]
+    pub count: f64,
+    pub kappa: f64,
+    pub mean_resultant_length: f64,
+    pub mu: Vec<f64>,
+    /// v2: the vector sum of the class's unit features, the sufficient statistic with `count`
+    /// (v1: derived as count R mu).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<Vec<f64>>,
+    /// v2: where the statistics come from (v1: training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    /// v2: the column of the encoder's linear head for this class; absent for a class the
+    /// head does not know (v1: `index`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_index: Option<usize>,
+}
+
+fn integral_as_integer<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f64(*v)
+    }
+}
+
+/// The file's form, as read and as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    pub schema: String,
+    pub schema_version: u32,
+    pub version: String,
+    pub model: String,
+    pub feature_dim: usize,
+    pub tau: f64,
+    pub alpha: f64,
+    pub labels: Vec<String>,
+    pub default_rule: Rule,
+    pub temperatures: BTreeMap<String, f64>,
+    pub classes: Vec<ClassEntry>,
+}
+
+impl Document {
+    /// The document in schema v2 with every field filled (what the server writes).
+    pub fn upgraded(mut self) -> Document {
+        let v1 = self.schema_version == 1;
+        self.schema_version = SCHEMA_VERSION;
+        for class in &mut self.classes {
+            if class.sum.is_none() {
+                let scale = class.count * class.mean_resultant_length;
+                class.sum = Some(class.mu.iter().map(|m| m * scale).collect());
+            }
+            class.source.get_or_insert(Source::Training);
+            if v1 {
+                class.head_index = Some(class.index);
+            }
+        }
+        self
+    }
+
+    /// The bytes of this document with `version` set to the id of its content.
+    pub fn to_bytes(&mut self) -> Vec<u8> {
+        self.version = String::new();
+        let value = serde_json::to_value(&*self).expect("a document is plain JSON");
+        self.version = prototypes_version(&value);
+        let mut bytes = serde_json::to_vec_pretty(&*self).expect("a document is plain JSON");
+        bytes.push(b'\n');
+        bytes
+    }
 }
 
 /// One validated set of class prototypes, immutable once built.
 #[derive(Debug)]
 pub struct Prototypes {
-    /// The version the file states (its content-derived id when written by our tools).
+    /// The id of the content: what every answer names (docs/prototypes.md).
     pub version: String,
+    /// The `version` the file states; differs from `version` when the file was edited by hand.
+    pub stated_version: String,
     /// Name of the encoder the prototypes belong to.
     pub model: String,
     pub classes: ClassModel,
@@ -78,8 +149,14 @@ pub struct Prototypes {
     pub temperatures: HashMap<Rule, f64>,
     /// The rule the trainer recommends.
     pub default_rule: Rule,
-    /// Mean resultant length R per class, as the trainer measured it.
+    /// Mean resultant length R per class.
     pub mean_resultant_length: Vec<f64>,
+    /// Where each class's statistics come from.
+    pub sources: Vec<Source>,
+    /// The linear-head column of each class, if the head knows it.
+    pub head_index: Vec<Option<usize>>,
+    /// The parsed file, the starting point of every change.
+    pub document: Document,
 }
 
 impl Prototypes {
@@ -96,14 +173,16 @@ impl Prototypes {
     /// consistent, every temperature finite and positive, and the vMF parameters accepted
     /// by [`ClassModel::new`] (unit mu, finite positive kappa and counts).
     pub fn from_slice(bytes: &[u8]) -> Result<Self, PrototypeError> {
-        let raw: RawPrototypes = serde_json::from_slice(bytes)?;
+        let value: Value = serde_json::from_slice(bytes)?;
+        let content_version = prototypes_version(&value);
+        let raw: Document = serde_json::from_value(value)?;
         let invalid = |m: String| Err(PrototypeError::Invalid(m));
         if raw.schema != SCHEMA {
             return invalid(format!("schema is {:?}, expected {SCHEMA:?}", raw.schema));
         }
-        if raw.schema_version != SCHEMA_VERSION {
+        if !(1..=SCHEMA_VERSION).contains(&raw.schema_version) {
             return invalid(format!(
-                "schema_version is {}, this server reads version {SCHEMA_VERSION}",
+                "schema_version is {}, this server reads versions 1 and {SCHEMA_VERSION}",
                 raw.schema_version
             ));
         }
@@ -117,38 +196,7 @@ impl Prototypes {
                 raw.classes.len()
             ));
         }
-        let mut mu = Vec::with_capacity(raw.classes.len());
-        let mut kappa = Vec::with_capacity(raw.classes.len());
-        let mut counts = Vec::with_capacity(raw.classes.len());
-        let mut mrl = Vec::with_capacity(raw.classes.len());
-        for (i, class) in raw.classes.into_iter().enumerate() {
-            if class.index != i {
-                return invalid(format!("classes[{i}].index is {}", class.index));
-            }
-            if class.label != raw.labels[i] {
-                return invalid(format!(
-                    "classes[{i}].label is {:?} but labels[{i}] is {:?}",
-                    class.label, raw.labels[i]
-                ));
-            }
-            if class.mu.len() != raw.feature_dim {
-                return invalid(format!(
-                    "classes[{i}].mu has {} numbers, feature_dim is {}",
-                    class.mu.len(),
-                    raw.feature_dim
-                ));
-            }
-            if !(0.0..=1.0).contains(&class.mean_resultant_length) {
-                return invalid(format!(
-                    "classes[{i}].mean_resultant_length is {}; it must be in [0, 1]",
-                    class.mean_resultant_length
-                ));
-            }
-            mu.push(class.mu);
-            kappa.push(class.kappa);
-            counts.push(class.count);
-            mrl.push(class.mean_resultant_length);
-        }
+        let columns = class_columns(&raw)?;
         let mut temperatures = HashMap::new();
         for rule in Rule::ALL {
             let t = raw.temperatures.get(rule.as_str()).copied().unwrap_or(1.0);
@@ -163,21 +211,25 @@ impl Prototypes {
             return invalid(format!("temperatures has unknown rule {unknown:?}"));
         }
         let classes = ClassModel::new(
-            raw.labels,
+            raw.labels.clone(),
             raw.feature_dim,
             raw.tau,
             raw.alpha,
-            mu,
-            kappa,
-            counts,
+            columns.mu,
+            columns.kappa,
+            columns.counts,
         )?;
         Ok(Prototypes {
-            version: raw.version,
-            model: raw.model,
+            version: content_version,
+            stated_version: raw.version.clone(),
+            model: raw.model.clone(),
             classes,
             temperatures,
             default_rule: raw.default_rule,
-            mean_resultant_length: mrl,
+            mean_resultant_length: columns.mean_resultant_length,
+            sources: columns.sources,
+            head_index: columns.head_index,
+            document: raw,
         })
     }
 
@@ -207,14 +259,142 @@ impl Prototypes {
                 self.classes.dim()
             )));
         }
-        if self.classes.num_classes() != num_classes {
+        if self.document.schema_version == 1 && self.classes.num_classes() != num_classes {
             return Err(PrototypeError::Invalid(format!(
                 "{} labels but the encoder's linear head has width {num_classes}",
                 self.classes.num_classes()
             )));
         }
+        let mut seen = vec![false; num_classes];
+        for (i, head) in self.head_index.iter().enumerate() {
+            let Some(h) = *head else { continue };
+            if h >= num_classes || std::mem::replace(&mut seen[h], true) {
+                return Err(PrototypeError::Invalid(format!(
+                    "classes[{i}].head_index {h} is not a free column of the linear head (width {num_classes})"
+                )));
+            }
+        }
         Ok(())
     }
+
+    /// The linear-head column of every class, when the head knows them all: the `linear` and
+    /// `ensemble` rules can answer only then.
+    pub fn head_columns(&self) -> Option<Vec<usize>> {
+        self.head_index.iter().copied().collect()
+    }
+
+    /// The rules that can answer with these prototypes.
+    pub fn available_rules(&self) -> Vec<Rule> {
+        let head = self.head_columns().is_some();
+        Rule::ALL
+            .into_iter()
+            .filter(|r| head || !r.needs_linear_head())
+            .collect()
+    }
+}
+
+/// The per-class fields, checked against the labels, feature_dim and schema version, as
+/// columns.
+struct ClassColumns {
+    mu: Vec<Vec<f64>>,
+    kappa: Vec<f64>,
+    counts: Vec<f64>,
+    mean_resultant_length: Vec<f64>,
+    sources: Vec<Source>,
+    head_index: Vec<Option<usize>>,
+}
+
+fn class_columns(doc: &Document) -> Result<ClassColumns, PrototypeError> {
+    let invalid = |m: String| Err(PrototypeError::Invalid(m));
+    let n = doc.classes.len();
+    let mut columns = ClassColumns {
+        mu: Vec::with_capacity(n),
+        kappa: Vec::with_capacity(n),
+        counts: Vec::with_capacity(n),
+        mean_resultant_length: Vec::with_capacity(n),
+        sources: Vec::with_capacity(n),
+        head_index: Vec::with_capacity(n),
+    };
+    let mut labels = std::collections::HashSet::new();
+    for (i, class) in doc.classes.iter().enumerate() {
+        if class.index != i {
+            return invalid(format!("classes[{i}].index is {}", class.index));
+        }
+        if class.label != doc.labels[i] {
+            return invalid(format!(
+                "classes[{i}].label is {:?} but labels[{i}] is {:?}",
+                class.label, doc.labels[i]
+            ));
+        }
+        if !labels.insert(class.label.as_str()) {
+            return invalid(format!("label {:?} appears twice", class.label));
+        }
+        if class.mu.len() != doc.feature_dim {
+            return invalid(format!(
+                "classes[{i}].mu has {} numbers, feature_dim is {}",
+                class.mu.len(),
+                doc.feature_dim
+            ));
+        }
+        if !(0.0..=1.0).contains(&class.mean_resultant_length) {
+            return invalid(format!(
+                "classes[{i}].mean_resultant_length is {}; it must be in [0, 1]",
+                class.mean_resultant_length
+            ));
+        }
+        check_schema_fields(doc, i, class)?;
+        columns.mu.push(class.mu.clone());
+        columns.kappa.push(class.kappa);
+        columns.counts.push(class.count);
+        columns
+            .mean_resultant_length
+            .push(class.mean_resultant_length);
+        columns
+            .sources
+            .push(class.source.unwrap_or(Source::Training));
+        columns.head_index.push(if doc.schema_version == 1 {
+            Some(i)
+        } else {
+            class.head_index
+        });
+    }
+    Ok(columns)
+}
+
+/// v1 classes have none of the v2 fields; v2 classes have `sum` and `source`, and their `sum`
+/// agrees with `count`, `mean_resultant_length` and `mu`.
+fn check_schema_fields(doc: &Document, i: usize, class: &ClassEntry) -> Result<(), PrototypeError> {
+    let invalid = |m: String| Err(PrototypeError::Invalid(m));
+    if doc.schema_version == 1 {
+        if class.sum.is_some() || class.source.is_some() || class.head_index.is_some() {
+            return invalid(format!(
+                "classes[{i}] has sum, source or head_index, which need schema_version 2"
+            ));
+        }
+        return Ok(());
+    }
+    let (Some(sum), Some(_)) = (&class.sum, class.source) else {
+        return invalid(format!(
+            "classes[{i}] needs sum and source (schema_version 2)"
+        ));
+    };
+    if sum.len() != doc.feature_dim {
+        return invalid(format!(
+            "classes[{i}].sum has {} numbers, feature_dim is {}",
+            sum.len(),
+            doc.feature_dim
+        ));
+    }
+    let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let r = norm / class.count;
+    let gap = (r - class.mean_resultant_length).abs();
+    if gap.is_nan() || gap > 1e-9 * r.max(1.0) {
+        return invalid(format!(
+            "classes[{i}]: |sum| / count is {r}, but mean_resultant_length is {}",
+            class.mean_resultant_length
+        ));
+    }
+    Ok(())
 }
 
 /// What prototypes must match: the served model's name (model.toml) and its output widths.
@@ -260,16 +440,19 @@ pub fn write_with_temperatures(
 #[cfg(test)]
 mod tests;
 
-/// A valid two-class document with 2-D features (model "tiny"), for unit tests across the crate.
+/// A valid two-class v1 document with 2-D features (model "tiny"); `vmf_temperature` tells
+/// versions apart. Its stated version is the id of its content. For unit tests across the crate.
 #[cfg(test)]
-pub(crate) fn tiny_document(version: &str) -> Value {
-    json!({
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "version": version, "model": "tiny",
+pub(crate) fn tiny_document(vmf_temperature: f64) -> Value {
+    let mut doc = json!({
+        "schema": SCHEMA, "schema_version": 1, "version": "", "model": "tiny",
         "feature_dim": 2, "tau": 0.1, "alpha": 1.0, "labels": ["a", "b"], "default_rule": "vmf",
-        "temperatures": {"linear": 1.0, "proco": 1.0, "vmf": 1.0, "ensemble": 1.0},
+        "temperatures": {"linear": 1.0, "proco": 1.0, "vmf": vmf_temperature, "ensemble": 1.0},
         "classes": [
             {"index": 0, "label": "a", "count": 30, "kappa": 5.0, "mean_resultant_length": 0.7, "mu": [1.0, 0.0]},
             {"index": 1, "label": "b", "count": 10, "kappa": 5.0, "mean_resultant_length": 0.7, "mu": [0.0, 1.0]}
         ]
-    })
+    });
+    doc["version"] = json!(prototypes_version(&doc));
+    doc
 }

@@ -19,7 +19,7 @@ use super::{EncoderShape, PrototypeError, Prototypes};
 pub enum ReloadOutcome {
     /// A new version is now served.
     Swapped { previous: String, current: String },
-    /// The file holds the version already served; nothing changed.
+    /// The content is the version already served; nothing changed.
     Unchanged { version: String },
 }
 
@@ -56,20 +56,30 @@ impl PrototypeStore {
         self.current.load_full()
     }
 
-    /// Parses and checks a candidate document, and swaps it in if it is a new version. On
-    /// any error the served prototypes are untouched.
-    pub fn replace_from_bytes(&self, bytes: &[u8]) -> Result<ReloadOutcome, PrototypeError> {
+    /// Parses a candidate document and checks it against the encoder, without serving it.
+    pub fn check(&self, bytes: &[u8]) -> Result<Prototypes, PrototypeError> {
         let protos = Prototypes::from_slice(bytes)?;
         protos.check_fits(&self.encoder)?;
+        Ok(protos)
+    }
+
+    /// Serves `protos` from the next batch on, unless they are the version already served.
+    pub fn swap(&self, protos: Prototypes) -> ReloadOutcome {
         let previous = self.current.load();
         if previous.version == protos.version {
-            return Ok(ReloadOutcome::Unchanged {
+            return ReloadOutcome::Unchanged {
                 version: protos.version,
-            });
+            };
         }
         let previous = previous.version.clone();
         let current = protos.version.clone();
         self.current.store(Arc::new(protos));
-        Ok(ReloadOutcome::Swapped { previous, current })
+        ReloadOutcome::Swapped { previous, current }
+    }
+
+    /// [`check`](Self::check), then [`swap`](Self::swap). On any error the served prototypes
+    /// are untouched.
+    pub fn replace_from_bytes(&self, bytes: &[u8]) -> Result<ReloadOutcome, PrototypeError> {
+        Ok(self.swap(self.check(bytes)?))
     }
 }

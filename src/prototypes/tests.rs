@@ -14,23 +14,24 @@ fn tiny_shape() -> EncoderShape {
 
 #[test]
 fn a_complete_document_is_read() {
-    let p = parse(&tiny_document("v1")).unwrap();
-    assert_eq!(p.version, "v1");
+    let p = parse(&tiny_document(1.0)).unwrap();
+    assert_eq!(p.version, p.stated_version);
     assert_eq!(p.model, "tiny");
     assert_eq!(p.default_rule, Rule::Vmf);
     assert_eq!(p.mean_resultant_length, vec![0.7, 0.7]);
+    assert_eq!(p.head_columns(), Some(vec![0, 1]));
     p.check_fits(&tiny_shape()).unwrap();
 }
 
 #[test]
 fn fields_the_schema_requires_are_required() {
     for key in ["version", "model", "default_rule", "temperatures", "labels"] {
-        let mut doc = tiny_document("v1");
+        let mut doc = tiny_document(1.0);
         doc.as_object_mut().unwrap().remove(key);
         let err = parse(&doc).expect_err(key).to_string();
         assert!(err.contains(key), "{key}: {err}");
     }
-    let mut doc = tiny_document("v1");
+    let mut doc = tiny_document(1.0);
     doc["classes"][1]
         .as_object_mut()
         .unwrap()
@@ -41,15 +42,15 @@ fn fields_the_schema_requires_are_required() {
 
 #[test]
 fn unknown_keys_are_refused_by_name() {
-    let mut doc = tiny_document("v1");
+    let mut doc = tiny_document(1.0);
     doc["kapa"] = json!(3.0);
     let err = parse(&doc).err().unwrap().to_string();
     assert!(err.contains("kapa"), "{err}");
-    let mut doc = tiny_document("v1");
+    let mut doc = tiny_document(1.0);
     doc["classes"][0]["sigma"] = json!(1.0);
     let err = parse(&doc).err().unwrap().to_string();
     assert!(err.contains("sigma"), "{err}");
-    let mut doc = tiny_document("v1");
+    let mut doc = tiny_document(1.0);
     doc["temperatures"]["softmax"] = json!(1.0);
     let err = parse(&doc).err().unwrap().to_string();
     assert!(err.contains("softmax"), "{err}");
@@ -57,7 +58,7 @@ fn unknown_keys_are_refused_by_name() {
 
 #[test]
 fn prototypes_of_another_model_are_refused_naming_both() {
-    let p = parse(&tiny_document("v1")).unwrap();
+    let p = parse(&tiny_document(1.0)).unwrap();
     let other = EncoderShape {
         model: "resnet50-inat".into(),
         ..tiny_shape()
@@ -90,29 +91,61 @@ fn the_store_swaps_only_valid_new_versions() {
     let store = PrototypeStore::new(
         Path::new("unused.json"),
         tiny_shape(),
-        parse(&tiny_document("v1")).unwrap(),
+        parse(&tiny_document(1.0)).unwrap(),
     );
     let bytes = |doc: Value| serde_json::to_vec(&doc).unwrap();
+    let v1 = store.snapshot().version.clone();
+    let v2 = parse(&tiny_document(2.0)).unwrap().version;
     assert_eq!(
         store
-            .replace_from_bytes(&bytes(tiny_document("v1")))
+            .replace_from_bytes(&bytes(tiny_document(1.0)))
             .unwrap(),
         ReloadOutcome::Unchanged {
-            version: "v1".into()
+            version: v1.clone()
         }
     );
-    let mut wrong = tiny_document("v2");
+    let mut wrong = tiny_document(2.0);
     wrong["model"] = json!("other");
     assert!(store.replace_from_bytes(&bytes(wrong)).is_err());
-    assert_eq!(store.snapshot().version, "v1");
+    assert_eq!(store.snapshot().version, v1);
     assert_eq!(
         store
-            .replace_from_bytes(&bytes(tiny_document("v2")))
+            .replace_from_bytes(&bytes(tiny_document(2.0)))
             .unwrap(),
         ReloadOutcome::Swapped {
-            previous: "v1".into(),
-            current: "v2".into()
+            previous: v1,
+            current: v2.clone()
         }
     );
-    assert_eq!(store.snapshot().version, "v2");
+    assert_eq!(store.snapshot().version, v2);
+}
+
+#[test]
+fn the_served_version_is_the_id_of_the_content() {
+    let mut doc = tiny_document(1.0);
+    let original = parse(&doc).unwrap();
+    assert_eq!(original.version, original.stated_version);
+    // Edit a number but not the stated version: the version follows the content.
+    doc["classes"][0]["kappa"] = json!(5.05);
+    let edited = parse(&doc).unwrap();
+    assert_ne!(edited.version, original.version);
+    assert_eq!(edited.stated_version, original.version);
+}
+
+#[test]
+fn reserialising_a_document_keeps_its_id() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/cifar10-lt/prototypes.json"
+    );
+    let shipped = Prototypes::load(Path::new(path)).unwrap();
+    let again = Prototypes::from_slice(&shipped.document.clone().to_bytes()).unwrap();
+    assert_eq!(again.version, shipped.version);
+    assert_eq!(again.stated_version, again.version);
+    // Upgraded to v2 (sums filled in), the content changes and so does the id, but the
+    // statistics stay the same.
+    let v2 = Prototypes::from_slice(&shipped.document.clone().upgraded().to_bytes()).unwrap();
+    assert_ne!(v2.version, shipped.version);
+    assert_eq!(v2.head_columns(), Some((0..10).collect()));
+    assert_eq!(v2.classes.kappa(), shipped.classes.kappa());
 }
