@@ -132,18 +132,28 @@ impl Reloader {
         let outcome = self.store.swap(protos);
         self.metrics.prototype_versions_written.inc();
         self.metrics.classes.set(classes as i64);
-        if let Some((label, n)) = learned {
-            self.metrics
-                .examples_learned
-                .with_label_values(&[label.as_str()])
-                .inc_by(n);
-        }
+        let what = match &learned {
+            Some((label, n)) => {
+                self.metrics
+                    .examples_learned
+                    .with_label_values(&[label.as_str()])
+                    .inc_by(*n);
+                format!(
+                    "learned {n} example(s) of {label:?}{}",
+                    if created { " (a new class)" } else { "" }
+                )
+            }
+            None => cause.to_string(),
+        };
         if cause == Cause::Rollback {
             self.metrics.prototype_rollbacks.inc();
         }
         if let ReloadOutcome::Swapped { previous, current } = &outcome {
             self.metrics.set_prototypes_version(Some(previous), current);
-            tracing::info!("prototypes {cause:?}: now serving version {current} (was {previous}), {classes} classes");
+            tracing::info!(
+                "{what}: now serving prototypes version {current} (was {previous}), {classes} classes, saved to {}",
+                self.store.path().display()
+            );
         }
         Ok(Changed {
             outcome,

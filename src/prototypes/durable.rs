@@ -56,6 +56,17 @@ pub enum Cause {
     Rollback,
 }
 
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cause::File => "read from the file",
+            Cause::Learned => "learned examples",
+            Cause::Deleted => "removed a class",
+            Cause::Rollback => "rolled back",
+        })
+    }
+}
+
 /// One entry of the history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VersionEntry {
