@@ -32,8 +32,21 @@ use std::time::{Duration, SystemTime};
 
 const ORT_VERSION: &str = "1.31.1";
 
+/// Generates the gRPC server code of `proto/inference.proto` (the Open Inference Protocol's
+/// GRPCInferenceService) with protox, a protobuf compiler in Rust: no system `protoc` needed.
+fn compile_grpc() {
+    println!("cargo:rerun-if-changed=proto/inference.proto");
+    let fds = protox::compile(["proto/inference.proto"], ["proto"])
+        .unwrap_or_else(|e| panic!("proto/inference.proto does not compile: {e}"));
+    tonic_prost_build::configure()
+        .build_client(false)
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("cannot generate the gRPC code: {e}"));
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    compile_grpc();
     println!("cargo:rerun-if-env-changed=ORT_DYLIB_PATH");
     println!("cargo:rerun-if-env-changed=PROCO_ORT_WHEEL");
     println!("cargo:rerun-if-env-changed=PROCO_SKIP_ORT_DOWNLOAD");

@@ -185,15 +185,40 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let grpc_listener = match config.grpc_addr()? {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen for gRPC on {a}"))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(AppState::new(config));
     let app = crate::http::router(state.clone());
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "proco-serve listening on {addr}");
+        if let Some(g) = &grpc_listener {
+            let _ = writeln!(out, "proco-serve grpc listening on {}", g.local_addr()?);
+        }
         let _ = out.flush();
     }
     tracing::info!("listening on http://{addr}");
+    if let Some(g) = grpc_listener {
+        tracing::info!("gRPC (Open Inference Protocol) on {}", g.local_addr()?);
+        let incoming = tonic::transport::server::TcpIncoming::from(g).with_nodelay(Some(true));
+        let service = crate::grpc::service(state.clone());
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown_signal())
+                .await;
+            if let Err(e) = served {
+                tracing::error!("the gRPC server failed: {e}");
+            }
+        });
+    }
 
     let hangup = crate::reload::listen_for_hangup();
     let (fail_tx, mut fail_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);

@@ -58,7 +58,7 @@ pub struct JobResult {
     pub prototypes: Arc<Prototypes>,
     /// One entry per image, in order (classify jobs).
     pub scored: Vec<Scored>,
-    /// One unit feature per image, in order (embed jobs).
+    /// One unit feature per image, in order (embed jobs, and classify jobs that ask).
     pub features: Vec<Vec<f32>>,
     pub queue: Duration,
     pub inference: Duration,
@@ -411,8 +411,13 @@ fn process(
                         .join(", "),
                 })
             }
-            Purpose::Classify(_) => Ok(JobResult {
+            Purpose::Classify(o) => Ok(JobResult {
                 scored: scored.by_ref().take(rows.len()).collect(),
+                features: if o.features {
+                    rows.map(|r| out.feature.row(r).to_vec()).collect()
+                } else {
+                    Vec::new()
+                },
                 ..result
             }),
         });

@@ -76,6 +76,8 @@ macro_rules! settings {
 settings! {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port)
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env "PROCO_LISTEN";
+    /// Address of the gRPC listener (the Open Inference Protocol's GRPCInferenceService); "off" for none
+    grpc_listen: String = "127.0.0.1:8001".to_string(), env "PROCO_GRPC_LISTEN";
     /// Directory with model.toml, the ONNX encoder and prototypes.json
     model_dir: PathBuf = PathBuf::from("models/cifar10-lt"), env "PROCO_MODEL_DIR";
     /// Rule used when a request gives none: linear | proco | vmf | ensemble
@@ -143,7 +145,18 @@ impl Config {
         Some(self.admin_token.as_str()).filter(|t| !t.is_empty())
     }
 
+    /// The gRPC address, or `None` when gRPC is off.
+    pub fn grpc_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.grpc_listen.trim() {
+            "" | "off" => Ok(None),
+            addr => addr.parse().map(Some).with_context(|| {
+                format!("grpc_listen: {addr:?} is not an address like 127.0.0.1:8001 (or \"off\")")
+            }),
+        }
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
+        self.grpc_addr()?;
         if self.max_batch_size == 0 {
             bail!("max_batch_size must be at least 1");
         }

@@ -96,6 +96,36 @@ impl Infer {
         Ok(self.run(images, Purpose::Embed).await?.result.features)
     }
 
+    /// Classifies images the client has already laid out as the encoder's input (CHW float,
+    /// `3 * H * W` values each, checked by the caller); admission as for encoded images.
+    pub async fn classify_tensors(
+        &self,
+        tensors: Vec<Vec<f32>>,
+        options: RequestOptions,
+    ) -> Result<Classified, InferError> {
+        let admission = Arc::new(self.admit(tensors.len())?);
+        let decode = vec![Duration::ZERO; tensors.len()];
+        let purpose = Purpose::Classify(options);
+        let result = self.batcher.submit(tensors, purpose, admission).await?;
+        Ok(Classified { result, decode })
+    }
+
+    /// The encoder's input size (height, width).
+    pub fn input_size(&self) -> (usize, usize) {
+        (
+            self.manifest.input.height as usize,
+            self.manifest.input.width as usize,
+        )
+    }
+
+    fn admit(&self, images: usize) -> Result<tokio::sync::OwnedSemaphorePermit, InferError> {
+        self.batcher
+            .try_admit(images)
+            .map_err(|_| InferError::QueueFull {
+                capacity: self.queue_capacity,
+            })
+    }
+
     async fn run(
         &self,
         images: Vec<ImageInput>,

@@ -3,8 +3,9 @@
 //! Data flows one way, and each module imports only the ones below it:
 //!
 //! ```text
-//! main -> app (wiring) -> http (/v1 handlers) -> state -> infer (front layer: admission,
-//! decode) -> batcher -> encoder (ONNX Runtime) / engine (rules, priors) -> vmf (pure math)
+//! main -> app (wiring) -> http (/v1, /v2 REST) and grpc -> oip (the Open Inference Protocol,
+//! wire-neutral) -> state -> infer (front layer: admission, decode) -> batcher -> encoder
+//! (ONNX Runtime) / engine (rules, priors) -> vmf (pure math)
 //! ```
 //!
 //! Beside the path: `config` (settings), `reload` (hot reload of the prototypes),
@@ -17,9 +18,11 @@ pub mod config;
 pub mod encoder;
 pub mod engine;
 pub mod eval;
+pub mod grpc;
 pub mod http;
 pub mod infer;
 pub mod manifest;
+pub mod oip;
 pub mod preprocess;
 pub mod prototypes;
 pub mod reload;

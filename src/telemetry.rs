@@ -33,6 +33,7 @@ pub struct Metrics {
     pub prototype_versions_written: IntCounter,
     pub prototype_rollbacks: IntCounter,
     pub prototype_version_mismatches: IntCounter,
+    pub grpc_requests: IntCounterVec,
 }
 
 /// Latency buckets from 0.1 ms to 10 s.
@@ -194,6 +195,11 @@ impl Metrics {
                     "Prototype files read whose stated version is not the id of their content (served under the content's id)",
                 )
                 .expect("valid"),
+            ),
+            grpc_requests: counters(
+                "proco_grpc_requests_total",
+                "gRPC calls answered, by method and status code",
+                &["method", "code"],
             ),
             registry: r.clone(),
         };

@@ -110,6 +110,8 @@ fn options() -> RequestOptions {
         prior: Prior::Named(PriorName::Uniform),
         top_k: 2,
         posterior: false,
+        logits: false,
+        features: false,
     }
 }
 

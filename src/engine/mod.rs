@@ -29,6 +29,10 @@ pub struct RequestOptions {
     pub top_k: usize,
     /// Return the full posterior vector.
     pub posterior: bool,
+    /// Return the rule's balanced logits g (before temperature and prior).
+    pub logits: bool,
+    /// Return the encoder's unit feature z.
+    pub features: bool,
 }
 
 /// One class in a top-k list.
@@ -49,6 +53,8 @@ pub struct Scored {
     pub prior_used: Option<Vec<f64>>,
     pub top: Vec<Prediction>,
     pub posterior: Option<Vec<f64>>,
+    /// The rule's balanced logits, when asked for.
+    pub logits: Option<Vec<f64>>,
     /// Index of the most probable class.
     pub top1: usize,
 }
@@ -189,6 +195,7 @@ fn score_row(
         top1: top[0].index,
         top,
         posterior: o.posterior.then_some(probs),
+        logits: o.logits.then(|| g.to_vec()),
     }
 }
 

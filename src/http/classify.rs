@@ -176,6 +176,8 @@ fn parse_query(
         prior: Prior::Named(serving.default_prior),
         top_k: DEFAULT_TOP_K.min(c),
         posterior: false,
+        logits: false,
+        features: false,
     };
     let mut rule_given = false;
     for (key, value) in pairs {

@@ -9,6 +9,9 @@
 //! | `GET /health/live`, `GET /health/ready` | [`info::live`], [`info::ready`] |
 //! | `GET /metrics` | [`info::metrics`] |
 //! | `GET /v1/prototypes/versions` | [`info::versions`] |
+//! | `GET /v2`, `/v2/health/{live,ready}` | [`v2::server_metadata`], [`v2::live`], [`v2::ready`] |
+//! | `GET /v2/models/{name}[/versions/{v}][/ready]` | [`v2::model_metadata`], [`v2::model_ready`] |
+//! | `POST /v2/models/{name}[/versions/{v}]/infer` | [`v2::infer`] |
 //! | `POST /admin/reload` | [`admin::admin_reload`] |
 //! | `POST /admin/prototypes/examples` | [`admin::learn_examples`] |
 //! | `DELETE /admin/prototypes/classes/{name}` | [`admin::remove_class`] |
@@ -19,6 +22,7 @@ pub mod body;
 pub mod classify;
 pub mod error;
 pub mod info;
+pub mod v2;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,6 +49,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health/ready", get(info::ready))
         .route("/metrics", get(info::metrics))
         .route("/v1/prototypes/versions", get(info::versions))
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/{name}", get(v2::model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(v2::model_metadata),
+        )
+        .route("/v2/models/{name}/ready", get(v2::model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(v2::model_ready),
+        )
+        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::infer),
+        )
         .route("/admin/reload", post(admin::admin_reload))
         .route("/admin/prototypes/examples", post(admin::learn_examples))
         .route(

@@ -1,0 +1,335 @@
+//! The Open Inference Protocol v2 over gRPC: `inference.GRPCInferenceService` (ServerLive,
+//! ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer), on its own listener
+//! (`grpc_listen`). Like the REST adapter it only converts: protobuf messages in, an
+//! [`oip::InferRequest`] to `crate::oip`, the answer back, so it shares admission, decoding,
+//! batches and engine with HTTP. Tensor data is taken from `raw_input_contents` (what
+//! tritonclient sends) or from the typed `contents`; answers use `raw_output_contents`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use crate::oip::{
+    self, InferRequest, InputTensor, OipError, OutputData, RequestedOutput, TensorData,
+};
+use crate::state::AppState;
+
+/// The code generated from `proto/inference.proto` by build.rs.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::infer_parameter::ParameterChoice;
+use proto::model_infer_request::InferInputTensor;
+use proto::model_infer_response::InferOutputTensor;
+use proto::model_metadata_response::TensorMetadata;
+use proto::*;
+
+/// The gRPC service over the shared state.
+pub struct Service {
+    state: Arc<AppState>,
+}
+
+/// The tonic service to mount on a gRPC server.
+pub fn service(state: Arc<AppState>) -> GrpcInferenceServiceServer<Service> {
+    GrpcInferenceServiceServer::new(Service { state })
+        // Encoded images and tensors are larger than tonic's 4 MiB default.
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn status(e: OipError) -> Status {
+    match e {
+        OipError::NotFound(m) => Status::not_found(m),
+        OipError::Invalid(m) => Status::invalid_argument(m),
+        OipError::Unavailable(m) => Status::unavailable(m),
+        OipError::Internal(m) => Status::internal(m),
+    }
+}
+
+impl Service {
+    /// Counts and times one call like the HTTP routes (`route` = `grpc:<Method>`).
+    fn record<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => "OK".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        let metrics = &self.state.metrics;
+        metrics
+            .grpc_requests
+            .with_label_values(&[method, code.as_str()])
+            .inc();
+        metrics
+            .request_duration
+            .with_label_values(&[format!("grpc:{method}").as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Service {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        let ready = self.state.readiness().is_ok();
+        Ok(Response::new(ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        oip::find_model(&self.state, &r.name, Some(&r.version)).map_err(status)?;
+        let ready = self.state.readiness().is_ok();
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "proco-serve".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["classification".into()],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let serving = oip::find_model(&self.state, &r.name, Some(&r.version)).map_err(status)?;
+        let m = oip::model_metadata(&serving);
+        let tensors = |list: Vec<oip::TensorMetadata>| {
+            list.into_iter()
+                .map(|t| TensorMetadata {
+                    name: t.name.into(),
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: m.name,
+            versions: m.versions,
+            platform: m.platform.into(),
+            inputs: tensors(m.inputs),
+            outputs: tensors(m.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let started = Instant::now();
+        let result = self.infer(request.into_inner()).await;
+        self.record("ModelInfer", started, &result);
+        result.map(Response::new)
+    }
+}
+
+impl Service {
+    async fn infer(&self, r: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+        let serving =
+            oip::find_model(&self.state, &r.model_name, Some(&r.model_version)).map_err(status)?;
+        let request = infer_request(r).map_err(status)?;
+        let answer = oip::infer(&self.state, &serving, request)
+            .await
+            .map_err(status)?;
+        Ok(infer_response(answer))
+    }
+}
+
+fn invalid(message: String) -> OipError {
+    OipError::Invalid(message)
+}
+
+fn string_param(
+    params: &HashMap<String, InferParameter>,
+    key: &str,
+) -> Result<Option<String>, OipError> {
+    match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::StringParam(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(format!("parameter {key:?} must be a string"))),
+    }
+}
+
+fn infer_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
+    if let Some(other) = r
+        .parameters
+        .keys()
+        .find(|k| !["rule", "prior"].contains(&k.as_str()))
+    {
+        return Err(invalid(format!(
+            "unknown request parameter {other:?} (known: rule, prior)"
+        )));
+    }
+    let raw = r.raw_input_contents;
+    if !raw.is_empty() && raw.len() != r.inputs.len() {
+        return Err(invalid(format!(
+            "{} inputs but {} raw_input_contents",
+            r.inputs.len(),
+            raw.len()
+        )));
+    }
+    let inputs = r
+        .inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| input_tensor(input, raw.get(i)))
+        .collect::<Result<_, _>>()?;
+    let outputs = r
+        .outputs
+        .into_iter()
+        .map(|o| {
+            let classification = match o
+                .parameters
+                .get("classification")
+                .and_then(|p| p.parameter_choice.as_ref())
+            {
+                None => None,
+                Some(ParameterChoice::Int64Param(k)) if *k > 0 => Some(*k as usize),
+                Some(ParameterChoice::Uint64Param(k)) if *k > 0 => Some(*k as usize),
+                Some(_) => {
+                    return Err(invalid(
+                        "classification must be a positive integer".to_string(),
+                    ))
+                }
+            };
+            Ok(RequestedOutput {
+                name: o.name,
+                classification,
+                binary: true,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(InferRequest {
+        id: Some(r.id).filter(|id| !id.is_empty()),
+        inputs,
+        outputs: Some(outputs),
+        rule: string_param(&r.parameters, "rule")?,
+        prior: string_param(&r.parameters, "prior")?,
+        binary_output: true,
+    })
+}
+
+fn input_tensor(input: InferInputTensor, raw: Option<&Vec<u8>>) -> Result<InputTensor, OipError> {
+    let name = input.name;
+    let data = match (input.datatype.as_str(), raw) {
+        ("BYTES", Some(raw)) => TensorData::Bytes(
+            split_bytes_elements(raw)
+                .ok_or_else(|| invalid(format!("input {name:?}: malformed BYTES raw contents")))?,
+        ),
+        ("FP32", Some(raw)) if raw.len().is_multiple_of(4) => TensorData::Fp32(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        ("BYTES", None) => TensorData::Bytes(
+            input
+                .contents
+                .map(|c| c.bytes_contents.into_iter().map(Bytes::from).collect())
+                .unwrap_or_default(),
+        ),
+        ("FP32", None) => {
+            TensorData::Fp32(input.contents.map(|c| c.fp32_contents).unwrap_or_default())
+        }
+        (other, _) => {
+            return Err(invalid(format!(
+                "input {name:?} cannot be {other}: \"image\" is BYTES, \"pixels\" is FP32"
+            )))
+        }
+    };
+    Ok(InputTensor {
+        name,
+        datatype: input.datatype,
+        shape: input.shape,
+        data,
+    })
+}
+
+/// BYTES elements in raw form: a 4-byte little-endian length, then the bytes.
+fn split_bytes_elements(raw: &[u8]) -> Option<Vec<Bytes>> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < raw.len() {
+        let len = u32::from_le_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
+        let end = at.checked_add(4)?.checked_add(len)?;
+        out.push(Bytes::copy_from_slice(raw.get(at + 4..end)?));
+        at = end;
+    }
+    Some(out)
+}
+
+fn infer_response(answer: oip::InferResponse) -> ModelInferResponse {
+    let mut raw = Vec::with_capacity(answer.outputs.len());
+    let outputs = answer
+        .outputs
+        .into_iter()
+        .map(|out| {
+            raw.push(match out.data {
+                OutputData::Fp32(values) => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                OutputData::Bytes(items) => {
+                    let mut buf = Vec::new();
+                    for item in items {
+                        buf.extend_from_slice(&(item.len() as u32).to_le_bytes());
+                        buf.extend_from_slice(&item);
+                    }
+                    buf
+                }
+            });
+            InferOutputTensor {
+                name: out.name,
+                datatype: out.datatype.into(),
+                shape: out.shape,
+                parameters: HashMap::new(),
+                contents: None,
+            }
+        })
+        .collect();
+    let parameters = answer
+        .parameters
+        .into_iter()
+        .map(|(k, v)| {
+            let choice = match v {
+                serde_json::Value::Number(n) => {
+                    ParameterChoice::DoubleParam(n.as_f64().unwrap_or(0.0))
+                }
+                serde_json::Value::String(s) => ParameterChoice::StringParam(s),
+                other => ParameterChoice::StringParam(other.to_string()),
+            };
+            (
+                k,
+                InferParameter {
+                    parameter_choice: Some(choice),
+                },
+            )
+        })
+        .collect();
+    ModelInferResponse {
+        model_name: answer.model_name,
+        model_version: answer.model_version,
+        id: answer.id.unwrap_or_default(),
+        parameters,
+        outputs,
+        raw_output_contents: raw,
+    }
+}

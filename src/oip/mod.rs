@@ -1,0 +1,498 @@
+//! The Open Inference Protocol v2 (KServe, Triton) as this server speaks it, independent of the
+//! wire: the REST adapter (`http::v2`) and the gRPC adapter (`grpc`) parse their requests into
+//! an [`InferRequest`], call [`infer`], and write the [`InferResponse`] back in their own form.
+//! Both go through the same front layer (`crate::infer`) as `/v1`: the same admission, decoding,
+//! batches and engine.
+//!
+//! The model has two inputs, of which a request gives exactly one:
+//! * `image`, BYTES `[N]` or `[N,1]`: encoded images (JPEG, PNG, WebP, GIF, BMP), decoded and
+//!   checked as `/v1` does;
+//! * `pixels`, FP32 `[N,3,H,W]`: images already laid out as the encoder's input (RGB, pixels /
+//!   255, CHW), for clients that preprocess themselves.
+//!
+//! and three outputs, all of them when a request names none: `probabilities` FP32 `[N,C]` (the
+//! calibrated posterior under the requested rule and prior), `logits` FP32 `[N,C]` (the rule's
+//! balanced logits, before temperature and prior) and `feature` FP32 `[N,p]` (the unit feature
+//! z). The classification extension (`classification: k` on an output) answers BYTES `[N,k]`
+//! strings `probability:index:label` from the calibrated probabilities, most probable first.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::batcher::BatchError;
+use crate::engine::{self, Prior, RequestOptions};
+use crate::infer::{Classified, ImageInput, InferError};
+use crate::state::{AppState, Serving};
+use crate::vmf::Rule;
+
+pub const IMAGE_INPUT: &str = "image";
+pub const PIXELS_INPUT: &str = "pixels";
+pub const PROBABILITIES: &str = "probabilities";
+pub const LOGITS: &str = "logits";
+pub const FEATURE: &str = "feature";
+/// The protocol extensions this server implements (REST: both; gRPC has no binary extension,
+/// its tensors are raw bytes already).
+pub const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "classification"];
+
+/// Why an inference request was not answered. Each adapter maps these to its status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum OipError {
+    /// Unknown model or version (404, NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// A bad tensor, shape, datatype, parameter or image (400, INVALID_ARGUMENT).
+    #[error("{0}")]
+    Invalid(String),
+    /// The server is full or not ready (503 with Retry-After, UNAVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server's own fault (500, INTERNAL).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<InferError> for OipError {
+    fn from(e: InferError) -> Self {
+        let message = e.to_string();
+        match e {
+            InferError::Image { .. } | InferError::Batch(BatchError::RuleUnavailable { .. }) => {
+                OipError::Invalid(message)
+            }
+            InferError::QueueFull { .. } => OipError::Unavailable(message),
+            InferError::Batch(_) | InferError::DecodeTask(_) => OipError::Internal(message),
+        }
+    }
+}
+
+/// The data of an input tensor.
+pub enum TensorData {
+    /// BYTES elements (already base64-decoded on the JSON form).
+    Bytes(Vec<Bytes>),
+    Fp32(Vec<f32>),
+}
+
+pub struct InputTensor {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    pub data: TensorData,
+}
+
+/// An output the client asked for.
+pub struct RequestedOutput {
+    pub name: String,
+    /// The classification extension: the k most probable classes as strings.
+    pub classification: Option<usize>,
+    /// REST binary extension: send this output as binary data.
+    pub binary: bool,
+}
+
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<InputTensor>,
+    /// `None`: every output.
+    pub outputs: Option<Vec<RequestedOutput>>,
+    /// The `rule` and `prior` request parameters.
+    pub rule: Option<String>,
+    pub prior: Option<String>,
+    /// REST binary extension: every output as binary data unless it says otherwise.
+    pub binary_output: bool,
+}
+
+pub enum OutputData {
+    Fp32(Vec<f32>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+pub struct OutputTensor {
+    pub name: String,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+    pub data: OutputData,
+    pub binary: bool,
+}
+
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: Option<String>,
+    /// `prototypes_version`, `rule`, `temperature`, `prior`.
+    pub parameters: Map<String, Value>,
+    pub outputs: Vec<OutputTensor>,
+}
+
+#[derive(Serialize)]
+pub struct TensorMetadata {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Serialize)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
+
+/// The served model's metadata; its version is the prototypes version being served.
+pub fn model_metadata(serving: &Serving) -> ModelMetadata {
+    let protos = serving.store.snapshot();
+    let (h, w) = serving.infer.input_size();
+    let c = protos.classes.num_classes() as i64;
+    let p = serving.feature_dim as i64;
+    ModelMetadata {
+        name: serving.manifest.name.clone(),
+        versions: vec![protos.version.clone()],
+        platform: "proco-serve_onnx",
+        inputs: vec![
+            TensorMetadata {
+                name: IMAGE_INPUT,
+                datatype: "BYTES",
+                shape: vec![-1],
+            },
+            TensorMetadata {
+                name: PIXELS_INPUT,
+                datatype: "FP32",
+                shape: vec![-1, 3, h as i64, w as i64],
+            },
+        ],
+        outputs: vec![
+            TensorMetadata {
+                name: PROBABILITIES,
+                datatype: "FP32",
+                shape: vec![-1, c],
+            },
+            TensorMetadata {
+                name: LOGITS,
+                datatype: "FP32",
+                shape: vec![-1, c],
+            },
+            TensorMetadata {
+                name: FEATURE,
+                datatype: "FP32",
+                shape: vec![-1, p],
+            },
+        ],
+    }
+}
+
+/// The loaded model, if `name` (and `version`, when given) is what this server serves.
+pub fn find_model(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<Serving>, OipError> {
+    let serving = state
+        .serving()
+        .cloned()
+        .ok_or_else(|| OipError::Unavailable("the model is still loading".into()))?;
+    if name != serving.manifest.name {
+        return Err(OipError::NotFound(format!(
+            "unknown model {name:?}; this server serves {:?}",
+            serving.manifest.name
+        )));
+    }
+    if let Some(v) = version.filter(|v| !v.is_empty()) {
+        let served = serving.store.snapshot().version.clone();
+        if v != served {
+            return Err(OipError::NotFound(format!(
+                "model {name:?} has no version {v:?}; the version served is {served:?} (the prototypes version)"
+            )));
+        }
+    }
+    Ok(serving)
+}
+
+/// Runs one inference request through the front layer.
+pub async fn infer(
+    state: &AppState,
+    serving: &Serving,
+    request: InferRequest,
+) -> Result<InferResponse, OipError> {
+    let protos = serving.store.snapshot();
+    let c = protos.classes.num_classes();
+    let wanted = wanted_outputs(request.outputs, request.binary_output, c)?;
+    let options = options(state, serving, &request.rule, &request.prior, &wanted, c)?;
+    let [input]: [InputTensor; 1] = request.inputs.try_into().map_err(|inputs: Vec<_>| {
+        OipError::Invalid(format!(
+            "give exactly one input, {IMAGE_INPUT:?} (BYTES) or {PIXELS_INPUT:?} (FP32); got {}",
+            inputs.len()
+        ))
+    })?;
+    let n = batch_size(&input, state.config.max_images_per_request)?;
+    let classified = match input.data {
+        TensorData::Bytes(images) if input.name == IMAGE_INPUT => {
+            let images = images
+                .into_iter()
+                .enumerate()
+                .map(|(i, bytes)| ImageInput {
+                    bytes,
+                    name: Some(format!("{IMAGE_INPUT}[{i}]")),
+                })
+                .collect();
+            serving.infer.classify(images, options).await?
+        }
+        TensorData::Fp32(values) if input.name == PIXELS_INPUT => {
+            let per_image = values.len() / n.max(1);
+            let tensors = values
+                .chunks(per_image.max(1))
+                .map(<[f32]>::to_vec)
+                .collect();
+            serving.infer.classify_tensors(tensors, options).await?
+        }
+        _ => {
+            return Err(OipError::Internal(
+                "the input's name and data disagree after checking".into(),
+            ))
+        }
+    };
+    Ok(response(serving, request.id, classified, &wanted, n))
+}
+
+/// The number of images in the input, after checking its name, datatype, shape and size.
+fn batch_size(input: &InputTensor, max_images: usize) -> Result<usize, OipError> {
+    let invalid = |m: String| -> Result<usize, OipError> { Err(OipError::Invalid(m)) };
+    let dims: Vec<usize> = input
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            OipError::Invalid(format!(
+                "input {:?} has a negative dimension in its shape {:?}",
+                input.name, input.shape
+            ))
+        })?;
+    let n = match (input.name.as_str(), &input.data) {
+        (IMAGE_INPUT, TensorData::Bytes(items)) => {
+            if input.datatype != "BYTES" || !matches!(dims.as_slice(), [_] | [_, 1]) {
+                return invalid(format!(
+                    "input {IMAGE_INPUT:?} must be BYTES of shape [N] or [N,1]; got {} {:?}",
+                    input.datatype, input.shape
+                ));
+            }
+            if items.len() != dims[0] {
+                return invalid(format!(
+                    "input {IMAGE_INPUT:?} has shape {:?} but {} elements",
+                    input.shape,
+                    items.len()
+                ));
+            }
+            dims[0]
+        }
+        (PIXELS_INPUT, TensorData::Fp32(values)) => {
+            if input.datatype != "FP32" || dims.len() != 4 || dims[1] != 3 {
+                return invalid(format!(
+                    "input {PIXELS_INPUT:?} must be FP32 of shape [N,3,H,W]; got {} {:?}",
+                    input.datatype, input.shape
+                ));
+            }
+            if values.len() != dims.iter().product::<usize>() {
+                return invalid(format!(
+                    "input {PIXELS_INPUT:?} has shape {:?} but {} values",
+                    input.shape,
+                    values.len()
+                ));
+            }
+            dims[0]
+        }
+        (IMAGE_INPUT | PIXELS_INPUT, _) => {
+            return invalid(format!(
+                "input {:?} cannot be {}: {IMAGE_INPUT:?} is BYTES, {PIXELS_INPUT:?} is FP32",
+                input.name, input.datatype
+            ))
+        }
+        (other, _) => {
+            return invalid(format!(
+                "unknown input {other:?}; the inputs are {IMAGE_INPUT:?} (BYTES) and {PIXELS_INPUT:?} (FP32)"
+            ))
+        }
+    };
+    if n == 0 || n > max_images {
+        return invalid(format!(
+            "a request carries 1 to {max_images} images (max_images_per_request); got {n}"
+        ));
+    }
+    Ok(n)
+}
+
+/// The outputs to send, each with its classification count and form.
+fn wanted_outputs(
+    requested: Option<Vec<RequestedOutput>>,
+    binary_output: bool,
+    classes: usize,
+) -> Result<Vec<RequestedOutput>, OipError> {
+    let Some(requested) = requested.filter(|r| !r.is_empty()) else {
+        return Ok([PROBABILITIES, LOGITS, FEATURE]
+            .into_iter()
+            .map(|name| RequestedOutput {
+                name: name.to_string(),
+                classification: None,
+                binary: binary_output,
+            })
+            .collect());
+    };
+    for out in &requested {
+        if ![PROBABILITIES, LOGITS, FEATURE].contains(&out.name.as_str()) {
+            return Err(OipError::Invalid(format!(
+                "unknown output {:?}; the outputs are {PROBABILITIES:?}, {LOGITS:?} and {FEATURE:?}",
+                out.name
+            )));
+        }
+        if out.classification == Some(0) {
+            return Err(OipError::Invalid(
+                "classification must be at least 1".into(),
+            ));
+        }
+        if out.classification.is_some_and(|k| k > classes) && out.name == FEATURE {
+            return Err(OipError::Invalid(format!(
+                "classification on {FEATURE:?} is at most its width"
+            )));
+        }
+    }
+    Ok(requested)
+}
+
+/// The engine options: the `rule` and `prior` parameters over the server's defaults, and only
+/// the extra outputs asked for.
+fn options(
+    state: &AppState,
+    serving: &Serving,
+    rule: &Option<String>,
+    prior: &Option<String>,
+    wanted: &[RequestedOutput],
+    classes: usize,
+) -> Result<RequestOptions, OipError> {
+    let available = serving.store.snapshot().available_rules();
+    let rule = match rule {
+        Some(r) => {
+            let rule = r
+                .parse::<Rule>()
+                .map_err(|e| OipError::Invalid(e.to_string()))?;
+            if !available.contains(&rule) {
+                return Err(OipError::Invalid(format!(
+                    "rule {rule} needs the encoder's linear head, which does not know every class; use one of: {}",
+                    available.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            rule
+        }
+        None if available.contains(&state.config.default_rule) => state.config.default_rule,
+        None => Rule::Proco,
+    };
+    let prior = match prior {
+        Some(p) => Prior::parse(p, classes).map_err(OipError::Invalid)?,
+        None => Prior::Named(serving.default_prior),
+    };
+    Ok(RequestOptions {
+        rule,
+        prior,
+        top_k: 1,
+        posterior: true,
+        logits: wanted.iter().any(|o| o.name == LOGITS),
+        features: wanted.iter().any(|o| o.name == FEATURE),
+    })
+}
+
+fn response(
+    serving: &Serving,
+    id: Option<String>,
+    classified: Classified,
+    wanted: &[RequestedOutput],
+    n: usize,
+) -> InferResponse {
+    let result = classified.result;
+    let protos = &result.prototypes;
+    let labels = protos.classes.labels();
+    let first = &result.scored[0];
+    let mut parameters = Map::new();
+    parameters.insert("prototypes_version".into(), json!(protos.version));
+    parameters.insert("rule".into(), json!(first.rule));
+    parameters.insert("temperature".into(), json!(first.temperature));
+    parameters.insert("prior".into(), json!(first.prior_name));
+    let rows = |f: &dyn Fn(usize) -> Vec<f64>| -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| f(i).into_iter().map(|v| v as f32))
+            .collect()
+    };
+    let outputs = wanted
+        .iter()
+        .map(|out| {
+            let (values, width): (Vec<Vec<f64>>, usize) = match out.name.as_str() {
+                PROBABILITIES => (
+                    result
+                        .scored
+                        .iter()
+                        .map(|s| s.posterior.clone().unwrap_or_default())
+                        .collect(),
+                    labels.len(),
+                ),
+                LOGITS => (
+                    result
+                        .scored
+                        .iter()
+                        .map(|s| s.logits.clone().unwrap_or_default())
+                        .collect(),
+                    labels.len(),
+                ),
+                _ => (
+                    result
+                        .features
+                        .iter()
+                        .map(|z| z.iter().map(|v| f64::from(*v)).collect())
+                        .collect(),
+                    serving.feature_dim,
+                ),
+            };
+            match out.classification {
+                Some(k) => {
+                    let k = k.min(width);
+                    let strings = values
+                        .iter()
+                        .flat_map(|row| {
+                            let names: Vec<String> = if out.name == FEATURE {
+                                (0..row.len()).map(|i| i.to_string()).collect()
+                            } else {
+                                labels.to_vec()
+                            };
+                            engine::top_k(row, k, &names)
+                                .into_iter()
+                                .map(|p| {
+                                    format!("{}:{}:{}", p.probability, p.index, p.label)
+                                        .into_bytes()
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    OutputTensor {
+                        name: out.name.clone(),
+                        datatype: "BYTES",
+                        shape: vec![n as i64, k as i64],
+                        data: OutputData::Bytes(strings),
+                        binary: out.binary,
+                    }
+                }
+                None => OutputTensor {
+                    name: out.name.clone(),
+                    datatype: "FP32",
+                    shape: vec![n as i64, width as i64],
+                    data: OutputData::Fp32(rows(&|i| values[i].clone())),
+                    binary: out.binary,
+                },
+            }
+        })
+        .collect();
+    InferResponse {
+        model_name: serving.manifest.name.clone(),
+        model_version: protos.version.clone(),
+        id,
+        parameters,
+        outputs,
+    }
+}
