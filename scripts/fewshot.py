@@ -60,7 +60,7 @@ class Server:
     def __init__(self, model_dir):
         self.proc = subprocess.Popen(
             ["target/release/proco-serve", "--listen", "127.0.0.1:0", "--model-dir", model_dir,
-             "--reload-poll-ms", "0", "--max-images-per-request", str(BATCH), "--prototype-history", "50"],
+             "--reload-poll-ms", "0", "--max-images-per-request", str(BATCH), "--prototype-history", "50", "--grpc-listen", "off"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "PROCO_ADMIN_TOKEN": TOKEN})
         line = self.proc.stdout.readline().strip()

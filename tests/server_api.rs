@@ -648,7 +648,13 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_proco-serve"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--listen", "127.0.0.1:0", "--model-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "off",
+            "--model-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -663,7 +669,14 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_proco-serve"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["--listen", "127.0.0.1:0", "--execution-provider", "cuda"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "off",
+                "--execution-provider",
+                "cuda",
+            ])
             .output()
             .unwrap();
         assert!(!out.status.success());
@@ -674,7 +687,7 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     // A bad ORT_DYLIB_PATH is an error message, not a panic.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_proco-serve"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "off"])
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
         .output()
         .unwrap();

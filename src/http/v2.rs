@@ -222,9 +222,11 @@ fn json_request(header: &[u8], mut binary: Bytes) -> Result<InferRequest, V2Erro
                         invalid("parameter \"binary_data_output\" must be a boolean")
                     })?
                 }
-                other => return Err(invalid(format!(
+                other => {
+                    return Err(invalid(format!(
                     "unknown request parameter {other:?} (known: rule, prior, binary_data_output)"
-                ))),
+                )))
+                }
             }
         }
     }

@@ -226,6 +226,13 @@ pub async fn infer(
         ))
     })?;
     let n = batch_size(&input, state.config.max_images_per_request)?;
+    let (h, w) = serving.infer.input_size();
+    if input.name == PIXELS_INPUT && input.shape[2..] != [h as i64, w as i64] {
+        return Err(OipError::Invalid(format!(
+            "input {PIXELS_INPUT:?} must be [N,3,{h},{w}] (the encoder's input size); got {:?}",
+            input.shape
+        )));
+    }
     let classified = match input.data {
         TensorData::Bytes(images) if input.name == IMAGE_INPUT => {
             let images = images

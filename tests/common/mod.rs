@@ -31,7 +31,14 @@ impl Server {
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_proco-serve"));
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "info",
+            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
