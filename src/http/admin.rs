@@ -47,6 +47,15 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<Arc<Serving>, Api
         .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))
 }
 
+#[utoipa::path(post, path = "/admin/reload", tag = "admin", operation_id = "admin_reload", summary = "Re-read the prototypes file now",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Done", body = serde_json::Value),
+        (status = 422, description = "The file is invalid; the previous version keeps serving", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "No admin token configured", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)
+    ))]
 /// `POST /admin/reload`: re-read the prototypes file now.
 pub async fn admin_reload(
     State(state): State<Arc<AppState>>,
@@ -82,6 +91,21 @@ pub async fn admin_reload(
     Ok(Json(answer).into_response())
 }
 
+#[utoipa::path(post, path = "/admin/prototypes/examples", tag = "admin", operation_id = "learn_examples", summary = "Learn a class from labelled images",
+    security(("bearer" = [])),
+    params(("label" = String, Query, description = "The class"), ("create" = Option<bool>, Query, description = "Create the class if it does not exist")),
+    request_body(description = "The image(s)", content(("image/jpeg"), ("application/octet-stream"), ("multipart/form-data"))),
+    responses(
+        (status = 200, description = "Done", body = serde_json::Value),
+        (status = 400, description = "Bad label or parameter, empty body", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such class (and no create=true)", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Over the limits", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Not an image", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "An image cannot be decoded, or too many classes", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "No admin token configured", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)
+    ))]
 /// `POST /admin/prototypes/examples?label=NAME[&create=true]`: one image as the body, or
 /// several as multipart; each goes through the same decoding, encoder and batches as
 /// `/v1/classify`, and its unit feature is folded into the class. All or nothing.
@@ -158,6 +182,17 @@ pub async fn learn_examples(
     Ok(Json(answer).into_response())
 }
 
+#[utoipa::path(delete, path = "/admin/prototypes/classes/{name}", tag = "admin", operation_id = "remove_class", summary = "Remove a class",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The class")),
+    responses(
+        (status = 200, description = "Done", body = serde_json::Value),
+        (status = 404, description = "No such class", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "The only class", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "No admin token configured", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)
+    ))]
 /// `DELETE /admin/prototypes/classes/{name}`.
 pub async fn remove_class(
     State(state): State<Arc<AppState>>,
@@ -177,6 +212,17 @@ pub async fn remove_class(
     Ok(Json(answer).into_response())
 }
 
+#[utoipa::path(post, path = "/admin/prototypes/rollback", tag = "admin", operation_id = "rollback", summary = "Serve a kept earlier version again",
+    security(("bearer" = [])),
+    params(("version" = String, Query, description = "A version id from GET /v1/prototypes/versions")),
+    responses(
+        (status = 200, description = "Done", body = serde_json::Value),
+        (status = 400, description = "No version given, or an unknown parameter", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No kept version with that id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "No admin token configured", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)
+    ))]
 /// `POST /admin/prototypes/rollback?version=ID`.
 pub async fn rollback(
     State(state): State<Arc<AppState>>,

@@ -76,6 +76,60 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/classify",
+    tag = "v1",
+    operation_id = "classify_put",
+    summary = "Classify images (PUT, as curl -T sends)",
+    description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
+    params(
+        ("top_k" = Option<usize>, Query, description = "Classes in the answer (default 5, clamped to the class count)"),
+        ("rule" = Option<String>, Query, description = "linear | proco | vmf | ensemble (default: the server's)"),
+        ("prior" = Option<String>, Query, description = "uniform | train | adaptive | C comma-separated positive weights"),
+        ("posterior" = Option<bool>, Query, description = "Include the full probability vector"),
+    ),
+    request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
+    responses(
+        (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
+        (status = 400, description = "A malformed request: empty body, bad query parameter, rule unavailable", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body, image or part count over the limits", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::openapi::ErrorBody)
+    )
+)]
+/// `PUT /v1/classify`: as POST.
+pub async fn classify_put(
+    state: State<Arc<AppState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    classify(state, request).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/classify",
+    tag = "v1",
+    operation_id = "classify",
+    summary = "Classify images: calibrated, prior-adjusted class probabilities",
+    description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
+    params(
+        ("top_k" = Option<usize>, Query, description = "Classes in the answer (default 5, clamped to the class count)"),
+        ("rule" = Option<String>, Query, description = "linear | proco | vmf | ensemble (default: the server's)"),
+        ("prior" = Option<String>, Query, description = "uniform | train | adaptive | C comma-separated positive weights"),
+        ("posterior" = Option<bool>, Query, description = "Include the full probability vector"),
+    ),
+    request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
+    responses(
+        (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
+        (status = 400, description = "A malformed request: empty body, bad query parameter, rule unavailable", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body, image or part count over the limits", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::openapi::ErrorBody)
+    )
+)]
 pub async fn classify(
     State(state): State<Arc<AppState>>,
     request: Request,

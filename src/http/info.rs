@@ -13,6 +13,9 @@ use crate::batcher::Readiness;
 use crate::state::{AppState, NotReady};
 use crate::vmf::Rule;
 
+#[utoipa::path(get, path = "/v1/model", tag = "v1", operation_id = "model",
+    summary = "What is being served: labels, counts, kappa, rules, temperatures, prototypes version, provider, limits",
+    responses((status = 200, description = "The model", body = serde_json::Value),(status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)))]
 /// `GET /v1/model`: what is being served and how.
 pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let serving = state
@@ -86,11 +89,15 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
     .into_response())
 }
 
+#[utoipa::path(get, path = "/health/live", tag = "health", operation_id = "live",
+    responses((status = 200, description = "The process runs", body = serde_json::Value)))]
 /// `GET /health/live`: the process is up.
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "live"}))
 }
 
+#[utoipa::path(get, path = "/health/ready", tag = "health", operation_id = "ready",
+    responses((status = 200, description = "Ready: names the provider, model and prototypes version", body = serde_json::Value),(status = 503, description = "Loading, or the inference thread stopped or is failing (with the reason)", body = serde_json::Value)))]
 /// `GET /health/ready`: 200 once the model is loaded and a warm-up batch ran, for as long as
 /// the inference thread runs and its batches succeed; 503 with the reason otherwise.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
@@ -130,6 +137,8 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // Readiness and the adaptive prior (on its own thread) are read at scrape time.
@@ -158,6 +167,8 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/v1/prototypes/versions", tag = "v1", operation_id = "prototype_versions",
+    responses((status = 200, description = "The version served and the kept history, newest first", body = serde_json::Value),(status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)))]
 /// `GET /v1/prototypes/versions`: the version served and the kept history (newest first).
 pub async fn versions(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let serving = state

@@ -22,6 +22,7 @@ pub mod body;
 pub mod classify;
 pub mod error;
 pub mod info;
+pub mod openapi;
 pub mod v2;
 
 use std::sync::Arc;
@@ -42,9 +43,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/v1/classify",
-            post(classify::classify).put(classify::classify),
+            post(classify::classify).put(classify::classify_put),
         )
         .route("/v1/model", get(info::model))
+        .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::page))
         .route("/health/live", get(info::live))
         .route("/health/ready", get(info::ready))
         .route("/metrics", get(info::metrics))
@@ -55,17 +58,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}", get(v2::model_metadata))
         .route(
             "/v2/models/{name}/versions/{version}",
-            get(v2::model_metadata),
+            get(v2::model_version_metadata),
         )
         .route("/v2/models/{name}/ready", get(v2::model_ready))
         .route(
             "/v2/models/{name}/versions/{version}/ready",
-            get(v2::model_ready),
+            get(v2::model_version_ready),
         )
         .route("/v2/models/{name}/infer", post(v2::infer))
         .route(
             "/v2/models/{name}/versions/{version}/infer",
-            post(v2::infer),
+            post(v2::version_infer),
         )
         .route("/admin/reload", post(admin::admin_reload))
         .route("/admin/prototypes/examples", post(admin::learn_examples))

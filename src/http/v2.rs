@@ -63,6 +63,8 @@ fn invalid(message: impl Into<String>) -> V2Error {
     V2Error(OipError::Invalid(message.into()))
 }
 
+#[utoipa::path(get, path = "/v2", tag = "v2", operation_id = "v2_server_metadata",
+    responses((status = 200, description = "Name, version and extensions", body = serde_json::Value)))]
 /// `GET /v2`: the server's name, version and extensions.
 pub async fn server_metadata() -> Json<Value> {
     Json(json!({
@@ -72,11 +74,15 @@ pub async fn server_metadata() -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/v2/health/live", tag = "v2", operation_id = "v2_live",
+    responses((status = 200, description = "Live", body = serde_json::Value)))]
 /// `GET /v2/health/live`.
 pub async fn live() -> Json<Value> {
     Json(json!({"live": true}))
 }
 
+#[utoipa::path(get, path = "/v2/health/ready", tag = "v2", operation_id = "v2_ready",
+    responses((status = 200, description = "Ready", body = serde_json::Value),(status = 503, description = "Not ready", body = serde_json::Value)))]
 /// `GET /v2/health/ready`: as `/health/ready`.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.readiness() {
@@ -90,8 +96,27 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// `GET /v2/models/{name}` and `.../versions/{version}`.
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "v2", operation_id = "v2_model_metadata", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32")),
+    responses((status = 200, description = "Inputs and outputs with datatypes and shapes", body = serde_json::Value),(status = 404, description = "Unknown model", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "Still loading", body = crate::http::openapi::V2ErrorBody)))]
+/// `GET /v2/models/{name}`.
 pub async fn model_metadata(
+    state: State<Arc<AppState>>,
+    path: Path<Vec<(String, String)>>,
+) -> Result<Response, V2Error> {
+    metadata(state, path).await
+}
+
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "v2", operation_id = "v2_model_version_metadata", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32"), ("version" = String, Path, description = "The prototypes version served")),
+    responses((status = 200, description = "Inputs and outputs with datatypes and shapes", body = serde_json::Value),(status = 404, description = "Unknown model or version", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "Still loading", body = crate::http::openapi::V2ErrorBody)))]
+/// `GET /v2/models/{name}/versions/{version}`.
+pub async fn model_version_metadata(
+    state: State<Arc<AppState>>,
+    path: Path<Vec<(String, String)>>,
+) -> Result<Response, V2Error> {
+    metadata(state, path).await
+}
+
+async fn metadata(
     State(state): State<Arc<AppState>>,
     Path(path): Path<Vec<(String, String)>>,
 ) -> Result<Response, V2Error> {
@@ -100,8 +125,27 @@ pub async fn model_metadata(
     Ok(Json(oip::model_metadata(&serving)).into_response())
 }
 
-/// `GET /v2/models/{name}/ready` and `.../versions/{version}/ready`.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "v2", operation_id = "v2_model_ready", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32")),
+    responses((status = 200, description = "Ready", body = serde_json::Value),(status = 404, description = "Unknown model", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "Not ready", body = serde_json::Value)))]
+/// `GET /v2/models/{name}/ready`.
 pub async fn model_ready(
+    state: State<Arc<AppState>>,
+    path: Path<Vec<(String, String)>>,
+) -> Result<Response, V2Error> {
+    readiness(state, path).await
+}
+
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "v2", operation_id = "v2_model_version_ready", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32"), ("version" = String, Path, description = "The prototypes version served")),
+    responses((status = 200, description = "Ready", body = serde_json::Value),(status = 404, description = "Unknown model or version", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "Not ready", body = serde_json::Value)))]
+/// `GET /v2/models/{name}/versions/{version}/ready`.
+pub async fn model_version_ready(
+    state: State<Arc<AppState>>,
+    path: Path<Vec<(String, String)>>,
+) -> Result<Response, V2Error> {
+    readiness(state, path).await
+}
+
+async fn readiness(
     State(state): State<Arc<AppState>>,
     Path(path): Path<Vec<(String, String)>>,
 ) -> Result<Response, V2Error> {
@@ -110,8 +154,33 @@ pub async fn model_ready(
     Ok(ready(State(state)).await)
 }
 
-/// `POST /v2/models/{name}/infer` and `.../versions/{version}/infer`.
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "v2", operation_id = "v2_infer", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32")),
+    description = "JSON body, or JSON followed by binary tensor data (Inference-Header-Content-Length), or the raw binary form (header length 0: the body is the image).",
+    request_body(description = "The inference request", content((serde_json::Value = "application/json"), ("application/octet-stream"))),
+    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = crate::http::openapi::V2ErrorBody),(status = 404, description = "Unknown model or version", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::openapi::V2ErrorBody)))]
+/// `POST /v2/models/{name}/infer`.
 pub async fn infer(
+    state: State<Arc<AppState>>,
+    path: Path<Vec<(String, String)>>,
+    request: Request,
+) -> Result<Response, V2Error> {
+    run_infer(state, path, request).await
+}
+
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "v2", operation_id = "v2_version_infer", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32"), ("version" = String, Path, description = "The prototypes version served")),
+    description = "JSON body, or JSON followed by binary tensor data (Inference-Header-Content-Length), or the raw binary form (header length 0: the body is the image).",
+    request_body(description = "The inference request", content((serde_json::Value = "application/json"), ("application/octet-stream"))),
+    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = crate::http::openapi::V2ErrorBody),(status = 404, description = "Unknown model or version", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::openapi::V2ErrorBody)))]
+/// `POST /v2/models/{name}/versions/{version}/infer`.
+pub async fn version_infer(
+    state: State<Arc<AppState>>,
+    path: Path<Vec<(String, String)>>,
+    request: Request,
+) -> Result<Response, V2Error> {
+    run_infer(state, path, request).await
+}
+
+async fn run_infer(
     State(state): State<Arc<AppState>>,
     Path(path): Path<Vec<(String, String)>>,
     request: Request,
