@@ -195,6 +195,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let state = Arc::new(AppState::new(config));
     let app = crate::http::router(state.clone());
+    let stop = drain_on_signal(state.clone());
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -208,11 +209,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(g) = grpc_listener {
         tracing::info!("gRPC (Open Inference Protocol) on {}", g.local_addr()?);
         let incoming = tonic::transport::server::TcpIncoming::from(g).with_nodelay(Some(true));
+        let stop_rx = stop.clone();
         let service = crate::grpc::service(state.clone());
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming, shutdown_signal())
+                .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
                 .await;
             if let Err(e) = served {
                 tracing::error!("the gRPC server failed: {e}");
@@ -250,13 +252,53 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop.clone()));
+    let grace = Duration::from_millis(state.config.shutdown_timeout_ms);
+    let deadline = async move {
+        stopped(stop).await;
+        tokio::time::sleep(grace).await;
+    };
     tokio::select! {
         r = server => r.context("HTTP server failed")?,
         Some(e) = fail_rx.recv() => return Err(e),
+        _ = deadline => {
+            tracing::warn!(
+                "requests were still running {} ms after the listener closed (shutdown_timeout_ms); exiting without them",
+                grace.as_millis()
+            );
+            return Ok(());
+        }
     }
-    tracing::info!("shut down");
+    tracing::info!("shut down: every admitted request was answered");
     Ok(())
+}
+
+/// Graceful drain: on the first SIGTERM or Ctrl-C, readiness turns 503 at once; after
+/// `drain_delay_ms` (time for load balancers to notice) the listeners close, and the servers
+/// finish the requests they have. The channel turns true when the listeners should close.
+fn drain_on_signal(state: Arc<AppState>) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        state.metrics.ready.set(0);
+        let delay = Duration::from_millis(state.config.drain_delay_ms);
+        tracing::info!(
+            "shutting down: /health/ready answers 503 now; the listener closes in {} ms, then requests in flight are finished",
+            delay.as_millis()
+        );
+        tokio::time::sleep(delay).await;
+        tracing::info!("no longer accepting connections; finishing the requests in flight");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Resolves once the listeners should close.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 async fn shutdown_signal() {
@@ -278,5 +320,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
 }

@@ -119,6 +119,10 @@ settings! {
     prototype_history: usize = 10, env "PROCO_PROTOTYPE_HISTORY";
     /// How often the prototypes file is checked for changes, in ms (0: never)
     reload_poll_ms: u64 = 500, env "PROCO_RELOAD_POLL_MS";
+    /// On SIGTERM/Ctrl-C: ms between turning /health/ready to 503 and closing the listener, so that load balancers notice
+    drain_delay_ms: u64 = 1000, env "PROCO_DRAIN_DELAY_MS";
+    /// On SIGTERM/Ctrl-C: ms after closing the listener that admitted requests get to finish before the process exits
+    shutdown_timeout_ms: u64 = 30_000, env "PROCO_SHUTDOWN_TIMEOUT_MS";
     /// Log filter: error | warn | info | debug | trace, or a tracing directive
     log_level: String = "info".to_string(), env "PROCO_LOG_LEVEL";
 }

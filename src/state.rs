@@ -40,12 +40,16 @@ pub struct AppState {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub serving: OnceLock<Arc<Serving>>,
+    /// Set on SIGTERM / Ctrl-C: readiness turns 503 so that load balancers stop sending.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Why `/health/ready` is not 200.
 #[derive(Clone, Debug, PartialEq)]
 pub enum NotReady {
     Loading,
+    /// Shutting down: finishing the requests already admitted.
+    Draining,
     /// The model loaded, but the inference thread stopped or its recent batches failed.
     Inference(Readiness),
 }
@@ -56,6 +60,7 @@ impl AppState {
             config,
             metrics: Arc::new(Metrics::new()),
             serving: OnceLock::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -66,7 +71,9 @@ impl AppState {
 
     /// The loaded model if it can answer requests now; also sets `proco_ready`.
     pub fn readiness(&self) -> Result<&Arc<Serving>, NotReady> {
+        let draining = self.draining.load(std::sync::atomic::Ordering::Acquire);
         let verdict = match self.serving() {
+            _ if draining => Err(NotReady::Draining),
             None => Err(NotReady::Loading),
             Some(s) => match s.infer.readiness() {
                 Readiness::Ready => Ok(s),

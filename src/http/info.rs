@@ -116,6 +116,10 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     };
     let body = match reason {
         NotReady::Loading => json!({"status": "loading"}),
+        NotReady::Draining => json!({
+            "status": "draining",
+            "reason": "the server is shutting down and finishing the requests it has admitted",
+        }),
         NotReady::Inference(Readiness::Stopped) => json!({
             "status": "unavailable",
             "reason": "the inference thread has stopped",
