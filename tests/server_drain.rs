@@ -16,7 +16,8 @@ fn sigterm_under_load_drains_and_exits_cleanly() {
     let url = server.url("/v1/classify");
     let stop = Arc::new(AtomicBool::new(false));
     // (sent at, status or error) of every request.
-    let seen: Arc<Mutex<Vec<(Instant, Result<u16, String>)>>> = Arc::default();
+    type Seen = Vec<(Instant, Result<u16, String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let clients: Vec<_> = (0..6)
         .map(|_| {
             let (url, stop, seen, image) = (url.clone(), stop.clone(), seen.clone(), any_jpeg());
