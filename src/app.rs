@@ -207,19 +207,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("listening on http://{addr}");
     if let Some(g) = grpc_listener {
-        tracing::info!("gRPC (Open Inference Protocol) on {}", g.local_addr()?);
-        let incoming = tonic::transport::server::TcpIncoming::from(g).with_nodelay(Some(true));
-        let stop_rx = stop.clone();
-        let service = crate::grpc::service(state.clone());
-        tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
-                .await;
-            if let Err(e) = served {
-                tracing::error!("the gRPC server failed: {e}");
-            }
-        });
+        spawn_grpc(g, state.clone(), stop.clone())?;
     }
 
     let hangup = crate::reload::listen_for_hangup();
@@ -270,6 +258,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shut down: every admitted request was answered");
+    Ok(())
+}
+
+/// Serves the gRPC adapter on its listener until the drain closes the listeners.
+fn spawn_grpc(
+    g: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    tracing::info!("gRPC (Open Inference Protocol) on {}", g.local_addr()?);
+    let incoming = tonic::transport::server::TcpIncoming::from(g).with_nodelay(Some(true));
+    let service = crate::grpc::service(state);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stopped(stop))
+            .await;
+        if let Err(e) = served {
+            tracing::error!("the gRPC server failed: {e}");
+        }
+    });
     Ok(())
 }
 

@@ -51,10 +51,10 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<Arc<Serving>, Api
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Done", body = serde_json::Value),
-        (status = 422, description = "The file is invalid; the previous version keeps serving", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "No admin token configured", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)
+        (status = 422, description = "The file is invalid; the previous version keeps serving", body = crate::http::error::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::http::error::ErrorBody),
+        (status = 403, description = "No admin token configured", body = crate::http::error::ErrorBody),
+        (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
     ))]
 /// `POST /admin/reload`: re-read the prototypes file now.
 pub async fn admin_reload(
@@ -97,14 +97,14 @@ pub async fn admin_reload(
     request_body(description = "The image(s)", content(("image/jpeg"), ("application/octet-stream"), ("multipart/form-data"))),
     responses(
         (status = 200, description = "Done", body = serde_json::Value),
-        (status = 400, description = "Bad label or parameter, empty body", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such class (and no create=true)", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Over the limits", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Not an image", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "An image cannot be decoded, or too many classes", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "No admin token configured", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)
+        (status = 400, description = "Bad label or parameter, empty body", body = crate::http::error::ErrorBody),
+        (status = 404, description = "No such class (and no create=true)", body = crate::http::error::ErrorBody),
+        (status = 413, description = "Over the limits", body = crate::http::error::ErrorBody),
+        (status = 415, description = "Not an image", body = crate::http::error::ErrorBody),
+        (status = 422, description = "An image cannot be decoded, or too many classes", body = crate::http::error::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::http::error::ErrorBody),
+        (status = 403, description = "No admin token configured", body = crate::http::error::ErrorBody),
+        (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
     ))]
 /// `POST /admin/prototypes/examples?label=NAME[&create=true]`: one image as the body, or
 /// several as multipart; each goes through the same decoding, encoder and batches as
@@ -187,11 +187,11 @@ pub async fn learn_examples(
     params(("name" = String, Path, description = "The class")),
     responses(
         (status = 200, description = "Done", body = serde_json::Value),
-        (status = 404, description = "No such class", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "The only class", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "No admin token configured", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)
+        (status = 404, description = "No such class", body = crate::http::error::ErrorBody),
+        (status = 409, description = "The only class", body = crate::http::error::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::http::error::ErrorBody),
+        (status = 403, description = "No admin token configured", body = crate::http::error::ErrorBody),
+        (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
     ))]
 /// `DELETE /admin/prototypes/classes/{name}`.
 pub async fn remove_class(
@@ -217,11 +217,11 @@ pub async fn remove_class(
     params(("version" = String, Query, description = "A version id from GET /v1/prototypes/versions")),
     responses(
         (status = 200, description = "Done", body = serde_json::Value),
-        (status = 400, description = "No version given, or an unknown parameter", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No kept version with that id", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "No admin token configured", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)
+        (status = 400, description = "No version given, or an unknown parameter", body = crate::http::error::ErrorBody),
+        (status = 404, description = "No kept version with that id", body = crate::http::error::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::http::error::ErrorBody),
+        (status = 403, description = "No admin token configured", body = crate::http::error::ErrorBody),
+        (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
     ))]
 /// `POST /admin/prototypes/rollback?version=ID`.
 pub async fn rollback(

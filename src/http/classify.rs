@@ -92,11 +92,11 @@ fn ms(d: Duration) -> f64 {
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
     responses(
         (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
-        (status = 400, description = "A malformed request: empty body, bad query parameter, rule unavailable", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Body, image or part count over the limits", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::openapi::ErrorBody)
+        (status = 400, description = "A malformed request: empty body, bad query parameter, rule unavailable", body = crate::http::error::ErrorBody),
+        (status = 413, description = "Body, image or part count over the limits", body = crate::http::error::ErrorBody),
+        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::error::ErrorBody),
+        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::error::ErrorBody),
+        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::error::ErrorBody)
     )
 )]
 /// `PUT /v1/classify`: as POST.
@@ -123,11 +123,11 @@ pub async fn classify_put(
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
     responses(
         (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
-        (status = 400, description = "A malformed request: empty body, bad query parameter, rule unavailable", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Body, image or part count over the limits", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::openapi::ErrorBody)
+        (status = 400, description = "A malformed request: empty body, bad query parameter, rule unavailable", body = crate::http::error::ErrorBody),
+        (status = 413, description = "Body, image or part count over the limits", body = crate::http::error::ErrorBody),
+        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::error::ErrorBody),
+        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::error::ErrorBody),
+        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::error::ErrorBody)
     )
 )]
 pub async fn classify(

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::batcher::BatchError;
 use crate::infer::InferError;
@@ -221,4 +222,20 @@ impl From<ChangeFailed> for ApiError {
             ChangeFailed::Invalid(_) | ChangeFailed::Storage(_) => ApiError::Internal(message),
         }
     }
+}
+
+/// The `/v1` and admin error body: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the handlers build this body with `json!`
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Stable, for programs (e.g. `invalid_image`, `queue_full`).
+    code: String,
+    /// For people.
+    message: String,
 }

@@ -15,7 +15,7 @@ use crate::vmf::Rule;
 
 #[utoipa::path(get, path = "/v1/model", tag = "v1", operation_id = "model",
     summary = "What is being served: labels, counts, kappa, rules, temperatures, prototypes version, provider, limits",
-    responses((status = 200, description = "The model", body = serde_json::Value),(status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 200, description = "The model", body = serde_json::Value),(status = 503, description = "Still loading", body = crate::http::error::ErrorBody)))]
 /// `GET /v1/model`: what is being served and how.
 pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let serving = state
@@ -172,7 +172,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 #[utoipa::path(get, path = "/v1/prototypes/versions", tag = "v1", operation_id = "prototype_versions",
-    responses((status = 200, description = "The version served and the kept history, newest first", body = serde_json::Value),(status = 503, description = "Still loading", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 200, description = "The version served and the kept history, newest first", body = serde_json::Value),(status = 503, description = "Still loading", body = crate::http::error::ErrorBody)))]
 /// `GET /v1/prototypes/versions`: the version served and the kept history (newest first).
 pub async fn versions(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let serving = state

@@ -5,30 +5,10 @@
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-/// The `/v1` and admin error body: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only: the handlers build this body with `json!`
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorDetail {
-    /// Stable, for programs (e.g. `invalid_image`, `queue_full`).
-    code: String,
-    /// For people.
-    message: String,
-}
-
-/// The Open Inference Protocol's error body: `{"error": "<message>"}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct V2ErrorBody {
-    error: String,
-}
+use super::error::{ErrorBody, ErrorDetail};
+use super::v2::V2ErrorBody;
 
 struct BearerAuth;
 

@@ -20,12 +20,20 @@ use axum::Json;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::body;
 use crate::oip::{
     self, InferRequest, InputTensor, OipError, OutputData, RequestedOutput, TensorData, IMAGE_INPUT,
 };
 use crate::state::AppState;
+
+/// The Open Inference Protocol's error body: `{"error": "<message>"}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct V2ErrorBody {
+    error: String,
+}
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -97,7 +105,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 #[utoipa::path(get, path = "/v2/models/{name}", tag = "v2", operation_id = "v2_model_metadata", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32")),
-    responses((status = 200, description = "Inputs and outputs with datatypes and shapes", body = serde_json::Value),(status = 404, description = "Unknown model", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "Still loading", body = crate::http::openapi::V2ErrorBody)))]
+    responses((status = 200, description = "Inputs and outputs with datatypes and shapes", body = serde_json::Value),(status = 404, description = "Unknown model", body = V2ErrorBody),(status = 503, description = "Still loading", body = V2ErrorBody)))]
 /// `GET /v2/models/{name}`.
 pub async fn model_metadata(
     state: State<Arc<AppState>>,
@@ -107,7 +115,7 @@ pub async fn model_metadata(
 }
 
 #[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "v2", operation_id = "v2_model_version_metadata", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32"), ("version" = String, Path, description = "The prototypes version served")),
-    responses((status = 200, description = "Inputs and outputs with datatypes and shapes", body = serde_json::Value),(status = 404, description = "Unknown model or version", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "Still loading", body = crate::http::openapi::V2ErrorBody)))]
+    responses((status = 200, description = "Inputs and outputs with datatypes and shapes", body = serde_json::Value),(status = 404, description = "Unknown model or version", body = V2ErrorBody),(status = 503, description = "Still loading", body = V2ErrorBody)))]
 /// `GET /v2/models/{name}/versions/{version}`.
 pub async fn model_version_metadata(
     state: State<Arc<AppState>>,
@@ -126,7 +134,7 @@ async fn metadata(
 }
 
 #[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "v2", operation_id = "v2_model_ready", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32")),
-    responses((status = 200, description = "Ready", body = serde_json::Value),(status = 404, description = "Unknown model", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "Not ready", body = serde_json::Value)))]
+    responses((status = 200, description = "Ready", body = serde_json::Value),(status = 404, description = "Unknown model", body = V2ErrorBody),(status = 503, description = "Not ready", body = serde_json::Value)))]
 /// `GET /v2/models/{name}/ready`.
 pub async fn model_ready(
     state: State<Arc<AppState>>,
@@ -136,7 +144,7 @@ pub async fn model_ready(
 }
 
 #[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "v2", operation_id = "v2_model_version_ready", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32"), ("version" = String, Path, description = "The prototypes version served")),
-    responses((status = 200, description = "Ready", body = serde_json::Value),(status = 404, description = "Unknown model or version", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "Not ready", body = serde_json::Value)))]
+    responses((status = 200, description = "Ready", body = serde_json::Value),(status = 404, description = "Unknown model or version", body = V2ErrorBody),(status = 503, description = "Not ready", body = serde_json::Value)))]
 /// `GET /v2/models/{name}/versions/{version}/ready`.
 pub async fn model_version_ready(
     state: State<Arc<AppState>>,
@@ -157,7 +165,7 @@ async fn readiness(
 #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "v2", operation_id = "v2_infer", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32")),
     description = "JSON body, or JSON followed by binary tensor data (Inference-Header-Content-Length), or the raw binary form (header length 0: the body is the image).",
     request_body(description = "The inference request", content((serde_json::Value = "application/json"), ("application/octet-stream"))),
-    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = crate::http::openapi::V2ErrorBody),(status = 404, description = "Unknown model or version", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::openapi::V2ErrorBody)))]
+    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = V2ErrorBody),(status = 404, description = "Unknown model or version", body = V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = V2ErrorBody)))]
 /// `POST /v2/models/{name}/infer`.
 pub async fn infer(
     state: State<Arc<AppState>>,
@@ -170,7 +178,7 @@ pub async fn infer(
 #[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "v2", operation_id = "v2_version_infer", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32"), ("version" = String, Path, description = "The prototypes version served")),
     description = "JSON body, or JSON followed by binary tensor data (Inference-Header-Content-Length), or the raw binary form (header length 0: the body is the image).",
     request_body(description = "The inference request", content((serde_json::Value = "application/json"), ("application/octet-stream"))),
-    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = crate::http::openapi::V2ErrorBody),(status = 404, description = "Unknown model or version", body = crate::http::openapi::V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::openapi::V2ErrorBody)))]
+    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = V2ErrorBody),(status = 404, description = "Unknown model or version", body = V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = V2ErrorBody)))]
 /// `POST /v2/models/{name}/versions/{version}/infer`.
 pub async fn version_infer(
     state: State<Arc<AppState>>,

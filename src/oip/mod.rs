@@ -423,11 +423,6 @@ fn response(
     parameters.insert("rule".into(), json!(first.rule));
     parameters.insert("temperature".into(), json!(first.temperature));
     parameters.insert("prior".into(), json!(first.prior_name));
-    let rows = |f: &dyn Fn(usize) -> Vec<f64>| -> Vec<f32> {
-        (0..n)
-            .flat_map(|i| f(i).into_iter().map(|v| v as f32))
-            .collect()
-    };
     let outputs = wanted
         .iter()
         .map(|out| {
@@ -457,42 +452,7 @@ fn response(
                     serving.feature_dim,
                 ),
             };
-            match out.classification {
-                Some(k) => {
-                    let k = k.min(width);
-                    let strings = values
-                        .iter()
-                        .flat_map(|row| {
-                            let names: Vec<String> = if out.name == FEATURE {
-                                (0..row.len()).map(|i| i.to_string()).collect()
-                            } else {
-                                labels.to_vec()
-                            };
-                            engine::top_k(row, k, &names)
-                                .into_iter()
-                                .map(|p| {
-                                    format!("{}:{}:{}", p.probability, p.index, p.label)
-                                        .into_bytes()
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                        .collect();
-                    OutputTensor {
-                        name: out.name.clone(),
-                        datatype: "BYTES",
-                        shape: vec![n as i64, k as i64],
-                        data: OutputData::Bytes(strings),
-                        binary: out.binary,
-                    }
-                }
-                None => OutputTensor {
-                    name: out.name.clone(),
-                    datatype: "FP32",
-                    shape: vec![n as i64, width as i64],
-                    data: OutputData::Fp32(rows(&|i| values[i].clone())),
-                    binary: out.binary,
-                },
-            }
+            output_tensor(out, &values, width, labels, n)
         })
         .collect();
     InferResponse {
@@ -501,5 +461,48 @@ fn response(
         id,
         parameters,
         outputs,
+    }
+}
+
+/// One output tensor from its rows: FP32 `[n, width]`, or the classification strings.
+fn output_tensor(
+    out: &RequestedOutput,
+    values: &[Vec<f64>],
+    width: usize,
+    labels: &[String],
+    n: usize,
+) -> OutputTensor {
+    match out.classification {
+        Some(k) => {
+            let k = k.min(width);
+            let strings = values
+                .iter()
+                .flat_map(|row| {
+                    let names: Vec<String> = if out.name == FEATURE {
+                        (0..row.len()).map(|i| i.to_string()).collect()
+                    } else {
+                        labels.to_vec()
+                    };
+                    engine::top_k(row, k, &names)
+                        .into_iter()
+                        .map(|p| format!("{}:{}:{}", p.probability, p.index, p.label).into_bytes())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            OutputTensor {
+                name: out.name.clone(),
+                datatype: "BYTES",
+                shape: vec![n as i64, k as i64],
+                data: OutputData::Bytes(strings),
+                binary: out.binary,
+            }
+        }
+        None => OutputTensor {
+            name: out.name.clone(),
+            datatype: "FP32",
+            shape: vec![n as i64, width as i64],
+            data: OutputData::Fp32(values.iter().flatten().map(|v| *v as f32).collect()),
+            binary: out.binary,
+        },
     }
 }
