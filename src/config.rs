@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::encoder::ProviderChoice;
 use crate::engine::PriorName;
+use crate::telemetry::AccessLogFormat;
 use crate::vmf::Rule;
 
 /// A clap value parser whose error names the setting by its key (`default_rule: unknown
@@ -123,6 +124,8 @@ settings! {
     drain_delay_ms: u64 = 1000, env "PROCO_DRAIN_DELAY_MS";
     /// On SIGTERM/Ctrl-C: ms after closing the listener that admitted requests get to finish before the process exits
     shutdown_timeout_ms: u64 = 30_000, env "PROCO_SHUTDOWN_TIMEOUT_MS";
+    /// One line per request in the log: text | json | off
+    access_log: AccessLogFormat = AccessLogFormat::Text, env "PROCO_ACCESS_LOG";
     /// Log filter: error | warn | info | debug | trace, or a tracing directive
     log_level: String = "info".to_string(), env "PROCO_LOG_LEVEL";
 }

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub prototype_rollbacks: IntCounter,
     pub prototype_version_mismatches: IntCounter,
     pub grpc_requests: IntCounterVec,
+    pub panics: IntCounter,
 }
 
 /// Latency buckets from 0.1 ms to 10 s.
@@ -201,6 +202,14 @@ impl Metrics {
                 "gRPC calls answered, by method and status code",
                 &["method", "code"],
             ),
+            panics: register(
+                &r,
+                IntCounter::new(
+                    "proco_panics_total",
+                    "Request handlers that panicked (answered 500; the server kept serving)",
+                )
+                .expect("valid"),
+            ),
             registry: r.clone(),
         };
         // Make the reload counters visible at 0 before the first reload.
@@ -231,6 +240,36 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// How access lines are written (`access_log`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Text,
+    Json,
+    Off,
+}
+
+impl std::str::FromStr for AccessLogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(AccessLogFormat::Text),
+            "json" => Ok(AccessLogFormat::Json),
+            "off" => Ok(AccessLogFormat::Off),
+            other => Err(format!(
+                "unknown access log format {other:?}: expected text, json or off"
+            )),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AccessLogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

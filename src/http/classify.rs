@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use super::access::AccessInfo;
 use super::{body, ApiError};
 use crate::engine::{Prediction, Prior, RequestOptions};
 use crate::infer::{Classified, ImageInput};
@@ -142,6 +143,7 @@ pub async fn classify(
     // The body is read (or drained) before anything is refused, so that every error reaches a
     // client that is still sending rather than a connection reset under it.
     let (parts, body) = request.into_parts();
+    let parts_headers = parts.headers.clone();
     let bytes = body::read_body(body, state.config.max_body_bytes, &parts.headers).await?;
     let options = parse_query(parts.uri.query().unwrap_or(""), &state, &serving)?;
     let images = body::images(parts, bytes, state.config.max_images_per_request).await?;
@@ -155,23 +157,49 @@ pub async fn classify(
         })
         .collect();
 
+    inject_fault(&parts_headers);
     let classified = serving.infer.classify(inputs, options).await?;
     let answers = answers(&serving, classified, images.inputs, ms(started.elapsed()));
-    if multipart {
+    let info = answers.first().map(|a| AccessInfo {
+        images: answers.len(),
+        batch_size: a.batch_size,
+        rule: a.rule.to_string(),
+        prior: a.prior.name.to_string(),
+        prototypes_version: a.prototypes_version.clone(),
+    });
+    let mut response = if multipart {
         let protos = answers.first().map(|a| a.prototypes_version.clone());
-        Ok(Json(MultipartAnswer {
+        Json(MultipartAnswer {
             model: serving.manifest.name.clone(),
             prototypes_version: protos.unwrap_or_default(),
             results: answers,
         })
-        .into_response())
+        .into_response()
     } else {
         let one = answers
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::Internal("no result".into()))?;
-        Ok(Json(one).into_response())
+        Json(one).into_response()
+    };
+    if let Some(info) = info {
+        response.extensions_mut().insert(info);
     }
+    Ok(response)
+}
+
+/// Debug builds only, with `PROCO_TEST_FAULTS=1` in the environment: a request with the header
+/// `X-Proco-Fault: panic` makes this handler panic, so that tests can show a fault is contained.
+/// Release builds have no such switch.
+fn inject_fault(headers: &axum::http::HeaderMap) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("PROCO_TEST_FAULTS").is_some_and(|v| v == "1")
+        && headers.get("x-proco-fault").is_some_and(|v| v == "panic")
+    {
+        panic!("a fault injected by the test switch");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = headers;
 }
 
 /// One answer per image, in request order.

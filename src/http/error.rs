@@ -185,7 +185,11 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = self.code(), status = status.as_u16(), "{self}");
         }
-        let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
+        let mut error = json!({"code": self.code(), "message": self.to_string()});
+        if let Some(id) = super::access::current_request_id() {
+            error["request_id"] = json!(id);
+        }
+        let body = Json(json!({ "error": error }));
         let mut response = (status, body).into_response();
         match self {
             ApiError::QueueFull(_) | ApiError::NotReady(_) => {
@@ -238,4 +242,6 @@ pub struct ErrorDetail {
     code: String,
     /// For people.
     message: String,
+    /// The request's id (also in the `X-Request-Id` header and the access log).
+    request_id: Option<String>,
 }

@@ -17,6 +17,7 @@
 //! | `DELETE /admin/prototypes/classes/{name}` | [`admin::remove_class`] |
 //! | `POST /admin/prototypes/rollback` | [`admin::rollback`] |
 
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod classify;
@@ -80,6 +81,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            access::panic_response,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -92,9 +96,10 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on this endpoint"))
 }
 
-/// Counts every response in `proco_http_requests_total{route,status}` and times it in
-/// `proco_request_duration_seconds{route}`. The route is the matched pattern, never the raw
-/// path, so label cardinality stays bounded.
+/// Counts every response in `proco_http_requests_total{route,status}`, times it in
+/// `proco_request_duration_seconds{route}`, gives it a request id, and writes its access-log
+/// line. The route is the matched pattern, never the raw path, so label cardinality stays
+/// bounded.
 async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -102,17 +107,42 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    state
-        .metrics
+    let id = access::request_id(request.headers());
+    let method = request.method().to_string();
+    let bytes_in = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut response = access::REQUEST_ID
+        .scope(id.clone(), next.run(request))
+        .await;
+    access::tag(&mut response, &id);
+    let status = response.status().as_u16();
+    let metrics = &state.metrics;
+    metrics
         .http_requests
-        .with_label_values(&[route.as_str(), status.as_str()])
+        .with_label_values(&[route.as_str(), status.to_string().as_str()])
         .inc();
-    state
-        .metrics
+    let seconds = started.elapsed().as_secs_f64();
+    metrics
         .request_duration
         .with_label_values(&[route.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(seconds);
+    if response.extensions().get::<access::Panicked>().is_some() {
+        metrics.panics.inc();
+    }
+    access::Line {
+        method: &method,
+        route: &route,
+        status,
+        bytes_in,
+        bytes_out: axum::body::HttpBody::size_hint(response.body()).exact(),
+        seconds,
+        request_id: &id,
+        info: response.extensions().get::<access::AccessInfo>(),
+    }
+    .write(state.config.access_log);
     response
 }

@@ -33,6 +33,8 @@ use crate::state::AppState;
 #[allow(dead_code)]
 pub struct V2ErrorBody {
     error: String,
+    /// The request's id (also in the `X-Request-Id` header).
+    request_id: Option<String>,
 }
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -57,7 +59,12 @@ impl IntoResponse for V2Error {
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!("/v2: {}", self.0);
         }
-        let mut response = (status, Json(json!({"error": self.0.to_string()}))).into_response();
+        // `error` stays a string, as the protocol has it; the request id rides beside it.
+        let mut body = json!({"error": self.0.to_string()});
+        if let Some(id) = super::access::current_request_id() {
+            body["request_id"] = json!(id);
+        }
+        let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -201,7 +208,25 @@ async fn run_infer(
     let serving = oip::find_model(&state, name, version)?;
     let request = parse_request(&parts.headers, bytes)?;
     let answer = oip::infer(&state, &serving, request).await?;
-    Ok(write_response(answer))
+    let info = super::access::AccessInfo {
+        images: answer.images,
+        batch_size: answer.batch_size,
+        rule: param(&answer, "rule"),
+        prior: param(&answer, "prior"),
+        prototypes_version: answer.model_version.clone(),
+    };
+    let mut response = write_response(answer);
+    response.extensions_mut().insert(info);
+    Ok(response)
+}
+
+fn param(answer: &oip::InferResponse, key: &str) -> String {
+    answer
+        .parameters
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// (name, version) from the path parameters of the model routes.

@@ -122,6 +122,9 @@ pub struct InferResponse {
     /// `prototypes_version`, `rule`, `temperature`, `prior`.
     pub parameters: Map<String, Value>,
     pub outputs: Vec<OutputTensor>,
+    /// For the access log: images in the request and in the encoder batch it joined.
+    pub images: usize,
+    pub batch_size: usize,
 }
 
 #[derive(Serialize)]
@@ -461,6 +464,8 @@ fn response(
         id,
         parameters,
         outputs,
+        images: n,
+        batch_size: result.batch_size,
     }
 }
 
