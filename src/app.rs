@@ -232,22 +232,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = fail_tx.send(failure).await;
     });
 
-    // TCP_NODELAY on every connection: without it, Nagle + delayed ACK add ~40 ms to
-    // small keep-alive responses.
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop.clone()));
+    let limits = crate::http::listener::Limits {
+        max_connections: state.config.max_connections,
+        header_read_timeout: Duration::from_millis(state.config.header_read_timeout_ms),
+    };
+    let server = crate::http::listener::serve(
+        listener,
+        app,
+        limits,
+        state.metrics.clone(),
+        stopped(stop.clone()),
+    );
     let grace = Duration::from_millis(state.config.shutdown_timeout_ms);
     let deadline = async move {
         stopped(stop).await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        r = server => r.context("HTTP server failed")?,
+        () = server => {}
         Some(e) = fail_rx.recv() => return Err(e),
         _ = deadline => {
             tracing::warn!(

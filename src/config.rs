@@ -95,6 +95,12 @@ settings! {
     max_body_bytes: usize = 8 * 1024 * 1024, env "PROCO_MAX_BODY_BYTES";
     /// Largest accepted image, in pixels (width x height), checked before decoding
     max_pixels: u64 = 40_000_000, env "PROCO_MAX_PIXELS";
+    /// Most HTTP connections open at once; more are closed as they arrive
+    max_connections: usize = 1024, env "PROCO_MAX_CONNECTIONS";
+    /// Time a client has to send a request's headers (also the idle limit between requests on a kept-alive connection), in ms
+    header_read_timeout_ms: u64 = 10_000, env "PROCO_HEADER_READ_TIMEOUT_MS";
+    /// Time a client has to send a request's whole body, in ms (then 408)
+    body_read_timeout_ms: u64 = 30_000, env "PROCO_BODY_READ_TIMEOUT_MS";
     /// Most images in one multipart request
     max_images_per_request: usize = 64, env "PROCO_MAX_IMAGES_PER_REQUEST";
     /// Images the adaptive prior remembers (sliding window)
@@ -178,6 +184,14 @@ impl Config {
                 "max_images_per_request ({}) cannot exceed queue_capacity ({}): such a request could never be admitted",
                 self.max_images_per_request,
                 self.queue_capacity
+            );
+        }
+        if self.max_connections == 0
+            || self.header_read_timeout_ms == 0
+            || self.body_read_timeout_ms == 0
+        {
+            bail!(
+                "max_connections, header_read_timeout_ms and body_read_timeout_ms must be positive"
             );
         }
         if self.max_body_bytes == 0 || self.max_pixels == 0 {

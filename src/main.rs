@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the model over HTTP (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Evaluate rules and priors on a labelled image folder (accuracy, calibration, label shift).
     Eval(proco_serve::eval::EvalArgs),
 }
@@ -33,7 +33,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Serve(args)) => args,
+        Some(Command::Serve(args)) => *args,
         Some(Command::Eval(args)) => {
             proco_serve::telemetry::init_logging("info");
             return match proco_serve::eval::run(args) {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub prototype_version_mismatches: IntCounter,
     pub grpc_requests: IntCounterVec,
     pub panics: IntCounter,
+    pub open_connections: IntGauge,
+    pub connections_refused: IntCounter,
 }
 
 /// Latency buckets from 0.1 ms to 10 s.
@@ -207,6 +209,18 @@ impl Metrics {
                 IntCounter::new(
                     "proco_panics_total",
                     "Request handlers that panicked (answered 500; the server kept serving)",
+                )
+                .expect("valid"),
+            ),
+            open_connections: register(
+                &r,
+                IntGauge::new("proco_open_connections", "HTTP connections open now").expect("valid"),
+            ),
+            connections_refused: register(
+                &r,
+                IntCounter::new(
+                    "proco_connections_refused_total",
+                    "HTTP connections closed at once because max_connections were open",
                 )
                 .expect("valid"),
             ),

@@ -115,7 +115,13 @@ pub async fn learn_examples(
 ) -> Result<Response, ApiError> {
     let serving = authorized(&state, request.headers())?;
     let (parts, body) = request.into_parts();
-    let bytes = body::read_body(body, state.config.max_body_bytes, &parts.headers).await?;
+    let bytes = body::read_body_within(
+        body,
+        state.config.max_body_bytes,
+        &parts.headers,
+        std::time::Duration::from_millis(state.config.body_read_timeout_ms),
+    )
+    .await?;
     let (mut label, mut create) = (None, false);
     for (key, value) in body::query_pairs(parts.uri.query().unwrap_or(""))? {
         match key.as_str() {

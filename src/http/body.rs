@@ -59,13 +59,27 @@ pub fn media_kind(headers: &HeaderMap) -> Result<MediaKind, ApiError> {
 /// see the 413 it is owed. Beyond this bound the connection is simply dropped.
 const DRAIN_LIMIT: usize = 64 << 20;
 
-/// Reads the whole body, refusing more than `limit` bytes (without keeping any of them when
-/// Content-Length already says so).
-pub async fn read_body(
-    mut body: Body,
+/// Reads the whole body within `deadline` (a client that trickles its body is answered 408
+/// instead of holding a connection and a task), refusing more than `limit` bytes.
+pub async fn read_body_within(
+    body: Body,
     limit: usize,
     headers: &HeaderMap,
+    deadline: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(deadline, read_body(body, limit, headers))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} ms (body_read_timeout_ms)",
+                deadline.as_millis()
+            )))
+        })
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (without keeping any of them when
+/// Content-Length already says so).
+async fn read_body(mut body: Body, limit: usize, headers: &HeaderMap) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -144,7 +144,13 @@ pub async fn classify(
     // client that is still sending rather than a connection reset under it.
     let (parts, body) = request.into_parts();
     let parts_headers = parts.headers.clone();
-    let bytes = body::read_body(body, state.config.max_body_bytes, &parts.headers).await?;
+    let bytes = body::read_body_within(
+        body,
+        state.config.max_body_bytes,
+        &parts.headers,
+        std::time::Duration::from_millis(state.config.body_read_timeout_ms),
+    )
+    .await?;
     let options = parse_query(parts.uri.query().unwrap_or(""), &state, &serving)?;
     let images = body::images(parts, bytes, state.config.max_images_per_request).await?;
     let multipart = images.multipart;

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// 400 invalid_multipart: a malformed multipart body.
     #[error("{0}")]
     InvalidMultipart(String),
+    /// 408 request_timeout: the body did not arrive within body_read_timeout_ms.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 400 incomplete_body: the body ended early or broke off (fewer bytes than Content-Length).
     #[error("{0}")]
     IncompleteBody(String),
@@ -106,6 +109,7 @@ impl ApiError {
             | InvalidPrior(_) | InvalidTopK(_) | InvalidParameter(_) | RuleUnavailable(_)
             | InvalidLabel(_) => StatusCode::BAD_REQUEST,
             UnknownLabel(_) | UnknownVersion(_) => StatusCode::NOT_FOUND,
+            RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             LastClass(_) => StatusCode::CONFLICT,
             TooManyClasses(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -131,6 +135,7 @@ impl ApiError {
             TooManyImages(_) => "too_many_images",
             InvalidMultipart(_) => "invalid_multipart",
             IncompleteBody(_) => "incomplete_body",
+            RequestTimeout(_) => "request_timeout",
             InvalidRule(_) => "invalid_rule",
             InvalidPrior(_) => "invalid_prior",
             InvalidTopK(_) => "invalid_top_k",

@@ -23,6 +23,7 @@ pub mod body;
 pub mod classify;
 pub mod error;
 pub mod info;
+pub mod listener;
 pub mod openapi;
 pub mod v2;
 

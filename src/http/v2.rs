@@ -202,9 +202,14 @@ async fn run_infer(
 ) -> Result<Response, V2Error> {
     let (name, version) = model_path(&path);
     let (parts, body) = request.into_parts();
-    let bytes = body::read_body(body, state.config.max_body_bytes, &parts.headers)
-        .await
-        .map_err(|e| invalid(e.to_string()))?;
+    let bytes = body::read_body_within(
+        body,
+        state.config.max_body_bytes,
+        &parts.headers,
+        std::time::Duration::from_millis(state.config.body_read_timeout_ms),
+    )
+    .await
+    .map_err(|e| invalid(e.to_string()))?;
     let serving = oip::find_model(&state, name, version)?;
     let request = parse_request(&parts.headers, bytes)?;
     let answer = oip::infer(&state, &serving, request).await?;
