@@ -27,7 +27,7 @@ enum Command {
     /// Serve the model over HTTP (the default when no command is given).
     Serve(Box<ServeArgs>),
     /// Evaluate rules and priors on a labelled image folder (accuracy, calibration, label shift).
-    Eval(proco_serve::eval::EvalArgs),
+    Eval(Box<proco_serve::eval::EvalArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Serve(args)) => *args,
         Some(Command::Eval(args)) => {
             proco_serve::telemetry::init_logging("info");
-            return match proco_serve::eval::run(args) {
+            return match proco_serve::eval::run(*args) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("proco-serve eval: {e:#}");
