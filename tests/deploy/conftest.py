@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -46,12 +47,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Everything here is on 127.0.0.1: never through a proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def get(url: str, timeout: float = 5.0):
+    """(status, body); (0, b"") when nothing listens yet."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with _OPENER.open(url, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, b""
 
 
 class Server:
