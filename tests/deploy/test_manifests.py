@@ -190,3 +190,15 @@ def test_kserve(server):
     # The server speaks v2 where KServe expects it.
     assert get(server.url + "/v2/health/ready")[0] == 200
     assert server.json("/v2")["name"]
+
+
+@pytest.mark.skipif(not __import__("shutil").which("kubectl"), reason="kubectl not installed")
+@pytest.mark.parametrize("where,loader", [("k8s/base", base_docs), ("k8s/overlays/gpu", gpu_docs)])
+def test_kustomize_renders_what_the_tests_check(where, loader):
+    import subprocess
+    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / where)], capture_output=True, text=True, check=True).stdout
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out)}
+    mine = {(d["kind"], d["metadata"]["name"]): d for d in loader()}
+    assert rendered.keys() == mine.keys()
+    for key in ("Deployment", "proco-serve"), ("ConfigMap", "proco-model"):
+        assert rendered[key].get("spec") == mine[key].get("spec") and rendered[key].get("data") == mine[key].get("data"), key
