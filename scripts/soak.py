@@ -112,6 +112,7 @@ class Soak:
         self.valid = {self.original["version"]}
         self.invalid = set()
         self.seen_versions = {}
+        self.learn_errors = {}
         self.counts = {"load_200": 0, "load_other": {}, "load_conn_errors": 0,
                        "hostile": 0, "hostile_4xx": 0, "hostile_5xx": 0, "hostile_conn_errors": 0,
                        "reloads_valid": 0, "reloads_invalid": 0, "learned": 0, "learn_failed": 0}
@@ -219,6 +220,8 @@ class Soak:
                 self.bump("learned")
             else:
                 self.bump("learn_failed")
+                with self.lock:
+                    self.learn_errors[str(status)] = data[:200].decode("utf-8", "replace")
 
     def metric_sum(self, text, prefix):
         total = 0.0
@@ -286,6 +289,8 @@ class Soak:
         print("\n| check | result |\n|---|---|")
         for k, ok in checks.items():
             print(f"| {k} | {'pass' if ok else 'FAIL'} |")
+        for status, sample in self.learn_errors.items():
+            print(f"learning refused with {status}: {sample}", file=sys.stderr)
         if unknown:
             print(f"versions not known to be valid: {unknown}", file=sys.stderr)
         passed = sum(checks.values())
