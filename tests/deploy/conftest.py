@@ -22,7 +22,8 @@ def server_binary() -> Path:
     env = os.environ.get("PROCO_SERVE_BIN")
     if env:
         return Path(env)
-    for p in (ROOT / "target/debug/proco-serve", ROOT / "target/release/proco-serve"):
+    target = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
+    for p in (target / "debug/proco-serve", target / "release/proco-serve"):
         if p.exists():
             return p
     pytest.fail("no proco-serve binary: run cargo build first (or set PROCO_SERVE_BIN)")
