@@ -33,8 +33,6 @@ use crate::state::AppState;
 #[allow(dead_code)]
 pub struct V2ErrorBody {
     error: String,
-    /// The request's id (also in the `X-Request-Id` header).
-    request_id: Option<String>,
 }
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -59,12 +57,9 @@ impl IntoResponse for V2Error {
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!("/v2: {}", self.0);
         }
-        // `error` stays a string, as the protocol has it; the request id rides beside it.
-        let mut body = json!({"error": self.0.to_string()});
-        if let Some(id) = super::access::current_request_id() {
-            body["request_id"] = json!(id);
-        }
-        let mut response = (status, Json(body)).into_response();
+        // Exactly `{"error": "<message>"}`, as the protocol has it; the request id is in the
+        // X-Request-Id header.
+        let mut response = (status, Json(json!({"error": self.0.to_string()}))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
