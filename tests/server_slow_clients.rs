@@ -39,7 +39,9 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 fn slowloris_is_cut_off_and_others_are_served() {
     let server = Server::start(&["--header-read-timeout-ms", "600", "--max-connections", "6"]);
     let started = Instant::now();
-    let mut slow: Vec<TcpStream> = (0..6)
+    // Seven trickling connections against a cap of six. Which one is over the cap depends on
+    // when the readiness check's own connection is seen closed, so count rather than pick.
+    let mut slow: Vec<TcpStream> = (0..7)
         .map(|_| {
             let mut s = TcpStream::connect(addr(&server)).unwrap();
             s.write_all(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -48,11 +50,14 @@ fn slowloris_is_cut_off_and_others_are_served() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(100));
-    // Over the cap: closed at once.
-    let mut extra = TcpStream::connect(addr(&server)).unwrap();
+    let closed_at_once = slow
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_millis(50)))
+        .filter(|closed| *closed)
+        .count();
     assert!(
-        closed_within(&mut extra, Duration::from_millis(500)),
-        "the 7th connection was not closed"
+        closed_at_once >= 1,
+        "no connection over max_connections was closed at once"
     );
     // Trickle a byte now and then: the header timeout still cuts each one off.
     for s in slow.iter_mut() {
