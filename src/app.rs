@@ -107,6 +107,7 @@ fn start_inference(
             ..AdaptivePriorConfig::default()
         },
         config.default_rule,
+        config.drift_warn,
     ));
     let input_size = (
         manifest.input.height as usize,

@@ -456,12 +456,25 @@ fn score_jobs(
         shared.engine.score(prototypes, &subset, &options)
     }
     .map_err(|e| format!("scoring failed: {e}"))?;
+    let metrics = &shared.metrics;
     for s in &scored {
-        shared
-            .metrics
+        metrics
             .predictions
             .with_label_values(&[prototypes.classes.labels()[s.top1].as_str()])
             .inc();
+        if let Some(abstained) = s.abstained {
+            let result = if abstained { "abstained" } else { "answered" };
+            metrics
+                .abstention_decisions
+                .with_label_values(&[result])
+                .inc();
+        }
+        if let Some(Ok(set)) = &s.prediction_set {
+            metrics
+                .prediction_set_size
+                .with_label_values(&[set.kind.as_str()])
+                .observe(set.labels.len() as f64);
+        }
     }
     Ok(scored)
 }

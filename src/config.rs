@@ -111,6 +111,12 @@ settings! {
     adaptive_floor: f64 = 1e-4, env "PROCO_ADAPTIVE_FLOOR";
     /// Re-estimate the adaptive prior every this many images
     adaptive_refresh_every: usize = 64, env "PROCO_ADAPTIVE_REFRESH_EVERY";
+    /// Total-variation distance between the adaptive and the training prior above which the log warns of drift
+    drift_warn: f64 = 0.25, env "PROCO_DRIFT_WARN";
+    /// Answers kept waiting for feedback (POST /v1/feedback); the oldest are forgotten first (0: none)
+    feedback_capacity: usize = 10_000, env "PROCO_FEEDBACK_CAPACITY";
+    /// Labelled answers the feedback metrics are computed over (sliding window)
+    feedback_window: usize = 1000, env "PROCO_FEEDBACK_WINDOW";
     /// Bearer token for the /admin endpoints (unset or empty: they answer 403)
     [hide_env_values = true]
     admin_token: String = String::new(), env "PROCO_ADMIN_TOKEN";
@@ -206,6 +212,12 @@ impl Config {
         }
         if self.adaptive_window == 0 || self.adaptive_refresh_every == 0 {
             bail!("adaptive_window and adaptive_refresh_every must be at least 1");
+        }
+        if !(self.drift_warn > 0.0 && self.drift_warn <= 1.0) {
+            bail!("drift_warn must be in (0, 1] (a total-variation distance)");
+        }
+        if self.feedback_window == 0 {
+            bail!("feedback_window must be at least 1");
         }
         Ok(())
     }

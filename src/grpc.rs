@@ -13,7 +13,8 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use crate::oip::{
-    self, InferRequest, InputTensor, OipError, OutputData, RequestedOutput, TensorData,
+    self, DecisionParameters, InferRequest, InputTensor, OipError, OutputData, RequestedOutput,
+    TensorData,
 };
 use crate::state::AppState;
 
@@ -172,14 +173,31 @@ fn string_param(
     }
 }
 
+/// A number parameter: double, integer or a string holding a number (clients differ).
+fn number_param(
+    params: &HashMap<String, InferParameter>,
+    key: &str,
+) -> Result<Option<f64>, OipError> {
+    match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::DoubleParam(v)) => Ok(Some(*v)),
+        Some(ParameterChoice::Int64Param(v)) => Ok(Some(*v as f64)),
+        Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v as f64)),
+        Some(ParameterChoice::StringParam(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| invalid(format!("parameter {key:?} must be a number"))),
+        Some(_) => Err(invalid(format!("parameter {key:?} must be a number"))),
+    }
+}
+
 fn infer_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
-    if let Some(other) = r
-        .parameters
-        .keys()
-        .find(|k| !["rule", "prior"].contains(&k.as_str()))
-    {
+    if let Some(other) = r.parameters.keys().find(|k| {
+        !["rule", "prior"].contains(&k.as_str()) && !DecisionParameters::NAMES.contains(&k.as_str())
+    }) {
         return Err(invalid(format!(
-            "unknown request parameter {other:?} (known: rule, prior)"
+            "unknown request parameter {other:?} (known: rule, prior, coverage, set, abstain_below)"
         )));
     }
     let raw = r.raw_input_contents;
@@ -227,6 +245,11 @@ fn infer_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
         outputs: Some(outputs),
         rule: string_param(&r.parameters, "rule")?,
         prior: string_param(&r.parameters, "prior")?,
+        decisions: DecisionParameters {
+            coverage: number_param(&r.parameters, "coverage")?,
+            set: string_param(&r.parameters, "set")?,
+            abstain_below: number_param(&r.parameters, "abstain_below")?,
+        },
         binary_output: true,
     })
 }
@@ -287,6 +310,7 @@ fn infer_response(answer: oip::InferResponse) -> ModelInferResponse {
         .map(|out| {
             raw.push(match out.data {
                 OutputData::Fp32(values) => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                OutputData::Bool(flags) => flags.iter().map(|&f| u8::from(f)).collect(),
                 OutputData::Bytes(items) => {
                     let mut buf = Vec::new();
                     for item in items {

@@ -10,7 +10,8 @@
 //!
 //! Beside the path: `config` (settings), `reload` (hot reload of the prototypes),
 //! `prototypes` (the class distributions and their store), `preprocess` (bytes to tensor),
-//! `manifest` (model.toml), `telemetry` (metrics and logs), and `eval` (the offline command).
+//! `manifest` (model.toml), `telemetry` (metrics and logs), `feedback` (answers awaiting
+//! their true label, and the metrics of those labelled), and `eval` (the offline command).
 
 pub mod app;
 pub mod batcher;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod encoder;
 pub mod engine;
 pub mod eval;
+pub mod feedback;
 pub mod grpc;
 pub mod http;
 pub mod infer;

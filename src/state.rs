@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use crate::batcher::Readiness;
 use crate::config::Config;
 use crate::engine::{Engine, PriorName};
+use crate::feedback::FeedbackStore;
 use crate::infer::Infer;
 use crate::manifest::ModelManifest;
 use crate::prototypes::PrototypeStore;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub serving: OnceLock<Arc<Serving>>,
     /// Set on SIGTERM / Ctrl-C: readiness turns 503 so that load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Answers waiting for their true label, and the window of labelled ones.
+    pub feedback: FeedbackStore,
 }
 
 /// Why `/health/ready` is not 200.
@@ -57,6 +60,7 @@ pub enum NotReady {
 impl AppState {
     pub fn new(config: Config) -> Self {
         AppState {
+            feedback: FeedbackStore::new(config.feedback_capacity, config.feedback_window),
             config,
             metrics: Arc::new(Metrics::new()),
             serving: OnceLock::new(),

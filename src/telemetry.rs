@@ -37,6 +37,14 @@ pub struct Metrics {
     pub panics: IntCounter,
     pub open_connections: IntGauge,
     pub connections_refused: IntCounter,
+    pub abstention_decisions: IntCounterVec,
+    pub prediction_set_size: HistogramVec,
+    pub prior_drift_total_variation: Gauge,
+    pub prior_drift_kl: Gauge,
+    pub feedback: IntCounterVec,
+    pub feedback_labelled: Gauge,
+    /// Windowed feedback metrics, by name: accuracy, nll, brier, ece, set_coverage.
+    pub feedback_metrics: GaugeVec,
 }
 
 /// Latency buckets from 0.1 ms to 10 s.
@@ -80,6 +88,12 @@ impl Metrics {
             "Time from receiving a request to sending its response, by route",
         )
         .buckets(latency_buckets());
+        let set_opts = HistogramOpts::new(
+            "proco_prediction_set_size",
+            "Labels in each conformal prediction set served, by kind (class, marginal)",
+        )
+        .buckets(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+        let gauge = |name: &str, help: &str| register(&r, Gauge::new(name, help).expect("valid"));
         let batch_opts = HistogramOpts::new("proco_batch_size", "Images per encoder batch")
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
         let metrics = Metrics {
@@ -224,11 +238,45 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            abstention_decisions: counters(
+                "proco_abstention_decisions_total",
+                "Answers to requests with abstain_below, by result (answered, abstained)",
+                &["result"],
+            ),
+            prediction_set_size: register(&r, HistogramVec::new(set_opts, &["kind"]).expect("valid")),
+            prior_drift_total_variation: gauge(
+                "proco_prior_drift_total_variation",
+                "Total-variation distance between the adaptive prior and the training prior (0 to 1)",
+            ),
+            prior_drift_kl: gauge(
+                "proco_prior_drift_kl",
+                "KL divergence of the adaptive prior from the training prior, in nats",
+            ),
+            feedback: counters(
+                "proco_feedback_total",
+                "Feedback posts, by result (accepted, unknown_id, invalid, duplicate)",
+                &["result"],
+            ),
+            feedback_labelled: gauge(
+                "proco_feedback_window_labelled",
+                "Labelled answers in the feedback window",
+            ),
+            feedback_metrics: gauges(
+                "proco_feedback_metric",
+                "Over the labelled answers in the feedback window: accuracy, nll, brier, ece, set_coverage (NaN while none)",
+                &["metric"],
+            ),
             registry: r.clone(),
         };
         // Make the reload counters visible at 0 before the first reload.
         for result in ["success", "unchanged", "rejected"] {
             metrics.prototype_reloads.with_label_values(&[result]);
+        }
+        for result in ["answered", "abstained"] {
+            metrics.abstention_decisions.with_label_values(&[result]);
+        }
+        for result in ["accepted", "unknown_id", "invalid", "duplicate"] {
+            metrics.feedback.with_label_values(&[result]);
         }
         metrics
     }

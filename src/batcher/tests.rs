@@ -86,7 +86,7 @@ fn harness(script: &[Step], gated: bool, max_batch_size: usize, queue_capacity: 
         encoder,
         (1, 1),
         store.clone(),
-        Arc::new(Engine::new(AdaptivePriorConfig::default(), Rule::Vmf)),
+        Arc::new(Engine::new(AdaptivePriorConfig::default(), Rule::Vmf, 0.25)),
         metrics.clone(),
         BatchConfig {
             max_batch_size,
@@ -112,6 +112,8 @@ fn options() -> RequestOptions {
         posterior: false,
         logits: false,
         features: false,
+        set: None,
+        abstain_below: None,
     }
 }
 

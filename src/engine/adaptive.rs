@@ -6,10 +6,14 @@
 //! would stall the encoder's thread. Rows are handed over without waiting; if the worker is a
 //! whole window behind, new rows are dropped (the estimate follows recent traffic, it is not a
 //! ledger). Requests read the last published estimate, which lags by less than one chunk.
+//!
+//! The thread also watches drift: after each update it measures how far the estimate is from
+//! the training prior and says so in the log when that crosses `drift_warn` (once per crossing).
 
 use std::sync::{mpsc, Arc, Mutex};
 
 use crate::prototypes::Prototypes;
+use crate::vmf::metrics::{kl_divergence, total_variation};
 use crate::vmf::{AdaptivePrior, AdaptivePriorConfig};
 
 /// The estimating thread of one prototypes version and its inbox.
@@ -27,23 +31,45 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(version: String, config: AdaptivePriorConfig, train_prior: Vec<f64>) -> Self {
+    fn start(
+        version: String,
+        config: AdaptivePriorConfig,
+        train_prior: Vec<f64>,
+        drift_warn: f64,
+    ) -> Self {
         let chunk = config.refresh_every.clamp(1, 32);
         let (rows, inbox) =
             mpsc::sync_channel::<Vec<Vec<f64>>>(config.window.div_ceil(chunk).max(1));
         let published = Arc::new(Mutex::new((train_prior.clone(), 0)));
         let out = published.clone();
+        let name = version.clone();
         let worker = std::thread::Builder::new()
             .name("adaptive-prior".into())
             .spawn(move || {
-                let mut prior = AdaptivePrior::new(config, train_prior);
+                let mut prior = AdaptivePrior::new(config, train_prior.clone());
+                let mut drifting = false;
                 while let Ok(chunk) = inbox.recv() {
                     chunk.iter().for_each(|row| prior.observe(row));
                     while let Ok(chunk) = inbox.try_recv() {
                         chunk.iter().for_each(|row| prior.observe(row));
                     }
-                    *out.lock().unwrap_or_else(|e| e.into_inner()) =
-                        (prior.estimate().to_vec(), prior.samples());
+                    let estimate = prior.estimate().to_vec();
+                    let tv = total_variation(&estimate, &train_prior);
+                    if (tv > drift_warn) != drifting {
+                        drifting = !drifting;
+                        let kl = kl_divergence(&estimate, &train_prior);
+                        if drifting {
+                            tracing::warn!(
+                                "the class mix of recent traffic has drifted from training (prototypes {name}): total variation {tv:.3} > drift_warn {drift_warn}, KL {kl:.3} nats over the last {} images; prior=adaptive follows it, prior=train no longer fits",
+                                prior.samples()
+                            );
+                        } else {
+                            tracing::info!(
+                                "the class mix of recent traffic is back near training (prototypes {name}): total variation {tv:.3} <= drift_warn {drift_warn}"
+                            );
+                        }
+                    }
+                    *out.lock().unwrap_or_else(|e| e.into_inner()) = (estimate, prior.samples());
                 }
             });
         if let Err(e) = worker {
@@ -81,13 +107,16 @@ impl Worker {
 /// The adaptive prior of the prototypes being served; a new version starts a fresh estimate.
 pub struct AdaptiveTracker {
     config: AdaptivePriorConfig,
+    /// Total-variation distance from the training prior that the log warns about.
+    drift_warn: f64,
     worker: Mutex<Option<Worker>>,
 }
 
 impl AdaptiveTracker {
-    pub fn new(config: AdaptivePriorConfig) -> Self {
+    pub fn new(config: AdaptivePriorConfig, drift_warn: f64) -> Self {
         AdaptiveTracker {
             config,
+            drift_warn,
             worker: Mutex::new(None),
         }
     }
@@ -112,6 +141,7 @@ impl AdaptiveTracker {
                 protos.version.clone(),
                 self.config.clone(),
                 protos.classes.train_prior(),
+                self.drift_warn,
             ));
         }
         guard.as_mut().expect("just set")

@@ -3,7 +3,8 @@
 //! This is the thin layer between the batcher and the pure vMF math (`crate::vmf`): it
 //! picks the rule and temperature per request, builds ln q for the requested prior
 //! (uniform, training, adaptive or explicit weights), computes the posterior
-//! softmax(g / T + ln q) and the top-k, and feeds the adaptive prior's EM (on its own thread,
+//! softmax(g / T + ln q) and the top-k, the conformal prediction set (from the balanced
+//! posterior, so that its guarantee does not depend on the prior) and abstention, and feeds the adaptive prior's EM (on its own thread,
 //! [`adaptive`]). The prior names live in [`prior`].
 //!
 //! One batch is always scored against one prototypes snapshot, handed in by the caller.
@@ -16,7 +17,7 @@ use serde::Serialize;
 
 use crate::encoder::EncoderOutput;
 use crate::prototypes::Prototypes;
-use crate::vmf::{self, AdaptivePriorConfig, ModelError, Rule};
+use crate::vmf::{self, AdaptivePriorConfig, ModelError, Rule, SetKind};
 use adaptive::AdaptiveTracker;
 pub use prior::{Prior, PriorName};
 
@@ -33,6 +34,69 @@ pub struct RequestOptions {
     pub logits: bool,
     /// Return the encoder's unit feature z.
     pub features: bool,
+    /// Add a conformal prediction set at this level and of this kind.
+    pub set: Option<SetRequest>,
+    /// Mark the answer abstained when its top probability is below this.
+    pub abstain_below: Option<f64>,
+}
+
+/// A prediction set asked for: its coverage level (in (0, 1)) and kind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SetRequest {
+    pub coverage: f64,
+    pub kind: SetKind,
+}
+
+/// Why a prediction set cannot be served.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SetError {
+    /// A malformed or unservable level or kind (400 invalid_coverage).
+    #[error("{0}")]
+    Invalid(String),
+    /// The prototypes carry no conformal scores for the rule (400 conformal_unavailable).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl SetRequest {
+    /// From the `coverage` and `set` request parameters (kind defaults to class-conditional,
+    /// the one whose guarantee holds for every class and under label shift).
+    pub fn parse(coverage: &str, kind: Option<&str>) -> Result<Self, SetError> {
+        let coverage: f64 = coverage.trim().parse().map_err(|_| {
+            SetError::Invalid(format!(
+                "coverage {coverage:?} is not a number; give a level such as 0.9"
+            ))
+        })?;
+        let kind = match kind {
+            Some(k) => k.parse().map_err(SetError::Invalid)?,
+            None => SetKind::Class,
+        };
+        Ok(SetRequest { coverage, kind })
+    }
+
+    /// Whether `protos` can serve this set for `rule`: they have its scores, and enough of
+    /// them for the level.
+    pub fn check(&self, protos: &Prototypes, rule: Rule) -> Result<(), SetError> {
+        let scores = protos.conformal.get(&rule).ok_or_else(|| {
+            SetError::Unavailable(format!(
+                "prototypes version {} have no conformal scores for rule {rule}: fit them with proco-serve eval --fit-conformal VAL_DIR --write-prototypes OUT (classes learned from examples drop them)",
+                protos.version
+            ))
+        })?;
+        scores
+            .thresholds(self.kind, self.coverage, protos.classes.labels())
+            .map(|_| ())
+            .map_err(|e| SetError::Invalid(e.to_string()))
+    }
+}
+
+/// The conformal prediction set of one image: the labels, most probable first, with their
+/// probabilities under the request's prior.
+#[derive(Clone, Debug, Serialize)]
+pub struct PredictionSet {
+    pub coverage: f64,
+    pub kind: SetKind,
+    pub labels: Vec<Prediction>,
 }
 
 /// One class in a top-k list.
@@ -52,7 +116,15 @@ pub struct Scored {
     /// The prior vector used, for adaptive and explicit priors.
     pub prior_used: Option<Vec<f64>>,
     pub top: Vec<Prediction>,
+    /// The full posterior, when the request asked for it.
     pub posterior: Option<Vec<f64>>,
+    /// The full posterior under the request's prior, always (kept for feedback).
+    pub probabilities: Vec<f64>,
+    /// The conformal set, when asked for; an error when the prototypes that scored the batch
+    /// cannot serve it (they changed after the request was checked).
+    pub prediction_set: Option<Result<PredictionSet, String>>,
+    /// Whether the top probability was below the request's threshold, when one was given.
+    pub abstained: Option<bool>,
     /// The rule's balanced logits, when asked for.
     pub logits: Option<Vec<f64>>,
     /// Index of the most probable class.
@@ -67,10 +139,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(adaptive_config: AdaptivePriorConfig, adaptive_rule: Rule) -> Self {
+    /// `drift_warn`: the total-variation distance between the adaptive and the training
+    /// prior above which the log warns of drift.
+    pub fn new(adaptive_config: AdaptivePriorConfig, adaptive_rule: Rule, drift_warn: f64) -> Self {
         Engine {
             adaptive_rule,
-            adaptive: AdaptiveTracker::new(adaptive_config),
+            adaptive: AdaptiveTracker::new(adaptive_config, drift_warn),
         }
     }
 
@@ -187,16 +261,63 @@ fn score_row(
     let p = vmf::posterior(g.insert_axis(Axis(0)), temperature, log_q);
     let probs: Vec<f64> = p.row(0).to_vec();
     let top = top_k(&probs, o.top_k, protos.classes.labels());
+    let prediction_set = o.set.map(|request| {
+        // The set is decided on the balanced posterior (what the scores were calibrated on);
+        // it equals `probs` under the uniform prior.
+        let balanced = match &o.prior {
+            Prior::Named(PriorName::Uniform) => probs.clone(),
+            _ => vmf::posterior(g.insert_axis(Axis(0)), temperature, &priors.uniform)
+                .row(0)
+                .to_vec(),
+        };
+        conformal_set(protos, o.rule, request, &balanced, &probs)
+    });
     Scored {
         rule: o.rule,
         temperature,
         prior_name: o.prior.name(),
         prior_used,
         top1: top[0].index,
+        abstained: o.abstain_below.map(|t| top[0].probability < t),
         top,
-        posterior: o.posterior.then_some(probs),
+        posterior: o.posterior.then(|| probs.clone()),
+        probabilities: probs,
+        prediction_set,
         logits: o.logits.then(|| g.to_vec()),
     }
+}
+
+/// The conformal set of one image from its balanced posterior; the labels carry the
+/// probabilities the answer shows.
+fn conformal_set(
+    protos: &Prototypes,
+    rule: Rule,
+    request: SetRequest,
+    balanced: &[f64],
+    shown: &[f64],
+) -> Result<PredictionSet, String> {
+    let labels = protos.classes.labels();
+    let scores = protos.conformal.get(&rule).ok_or_else(|| {
+        format!(
+            "prototypes version {} have no conformal scores for rule {rule}",
+            protos.version
+        )
+    })?;
+    let thresholds = scores
+        .thresholds(request.kind, request.coverage, labels)
+        .map_err(|e| e.to_string())?;
+    Ok(PredictionSet {
+        coverage: request.coverage,
+        kind: request.kind,
+        labels: vmf::conformal::prediction_set(balanced, &thresholds)
+            .into_iter()
+            .map(|i| Prediction {
+                label: labels[i].clone(),
+                index: i,
+                probability: shown[i],
+            })
+            .collect(),
+    })
 }
 
 /// The k most probable classes, most probable first (ties: lower index first).

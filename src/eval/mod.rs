@@ -9,12 +9,17 @@
 //! * `--shift` subsamples the set to another class distribution, so that the `adaptive` prior (EM
 //!   over the whole evaluated stream) can be compared with `uniform` and `train`.
 //! * `--fit-temperatures VAL --write-prototypes OUT` refits T per rule on a validation folder and
-//!   writes a prototypes file with a new content-derived `version`.
+//!   writes a prototypes file with a new content-derived `version`; `--fit-conformal VAL` adds
+//!   the conformal scores that prediction sets are served from.
+//! * With conformal scores (fitted now or in the prototypes), the coverage and size of marginal
+//!   and class-conditional sets at each `--coverage`; always, the risk-coverage of abstention.
 //!
 //! This file is the orchestration; [`dataset`] reads the folder and subsamples it, [`report`]
-//! prints the table and builds the JSON rows, [`plot`] draws the reliability diagram.
+//! prints the table and builds the JSON rows, [`decisions`] grades prediction sets and
+//! abstention, [`plot`] draws the reliability diagram and the risk-coverage curves.
 
 mod dataset;
+mod decisions;
 mod plot;
 mod report;
 
@@ -87,9 +92,23 @@ pub struct EvalArgs {
     /// distribution); the fitted temperatures are then used for the evaluation
     #[arg(long, value_name = "VAL_DIR")]
     pub fit_temperatures: Option<PathBuf>,
-    /// With --fit-temperatures: write the prototypes with the fitted temperatures and a new version here
-    #[arg(long, value_name = "OUT.json", requires = "fit_temperatures")]
+    /// Compute split-conformal scores (1 - p_y on the balanced probabilities) of every rule on
+    /// this labelled validation folder (never the test set), at the temperatures in use
+    #[arg(long, value_name = "VAL_DIR")]
+    pub fit_conformal: Option<PathBuf>,
+    /// With --fit-temperatures or --fit-conformal: write the prototypes with what was fitted and a new version here
+    #[arg(long, value_name = "OUT.json")]
     pub write_prototypes: Option<PathBuf>,
+    /// Coverage levels at which prediction sets are graded
+    #[arg(long, value_delimiter = ',', default_value = "0.8,0.9,0.95")]
+    pub coverage: Vec<f64>,
+    /// Draw the risk-coverage curves (accuracy on the answered images against the share answered) here
+    #[arg(long, value_name = "OUT.png")]
+    pub risk_coverage: Option<PathBuf>,
+    /// Write the balanced probabilities and labels of the calibration (--fit-conformal) and test
+    /// images per rule here, for an independent check of the prediction sets
+    #[arg(long, value_name = "OUT.json", requires = "fit_conformal")]
+    pub export_scores: Option<PathBuf>,
     /// Images per encoder batch
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
@@ -148,11 +167,15 @@ struct Setup {
 
 /// Runs the `eval` subcommand.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    if args.data.is_none() && args.fit_temperatures.is_none() {
-        bail!("nothing to do: give --data DIR (evaluate) and/or --fit-temperatures VAL_DIR");
+    let fits = args.fit_temperatures.is_some() || args.fit_conformal.is_some();
+    if args.data.is_none() && !fits {
+        bail!("nothing to do: give --data DIR (evaluate) and/or --fit-temperatures / --fit-conformal VAL_DIR");
     }
-    if args.fit_temperatures.is_some() && args.write_prototypes.is_none() {
-        eprintln!("note: --fit-temperatures without --write-prototypes: the fitted values are used for this run only");
+    if args.write_prototypes.is_some() && !fits {
+        bail!("--write-prototypes needs --fit-temperatures or --fit-conformal");
+    }
+    if fits && args.write_prototypes.is_none() {
+        eprintln!("note: without --write-prototypes the fitted values are used for this run only");
     }
     let mut setup = load(&args)?;
     let mut temperatures: HashMap<Rule, f64> = Rule::ALL
@@ -160,7 +183,35 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .map(|&r| (r, setup.protos.temperature(r)))
         .collect();
     if let Some(val_dir) = &args.fit_temperatures {
-        fit_temperatures(&mut setup, val_dir, &args, &mut temperatures)?;
+        fit_temperatures(&mut setup, val_dir, args.batch_size, &mut temperatures)?;
+    }
+    // Conformal scores: fitted now, or those the prototypes carry (only while the
+    // temperatures they were computed at are still the ones used).
+    let mut conformal = if args.fit_temperatures.is_some() {
+        HashMap::new()
+    } else {
+        setup.protos.conformal.clone()
+    };
+    let mut calibration = None;
+    let mut section = None;
+    if let Some(val_dir) = &args.fit_conformal {
+        let items = dataset::scan(val_dir, setup.protos.classes.labels())?;
+        let val = encode(&mut setup, &items, args.batch_size, "conformal calibration")?;
+        let (fitted_section, fitted) = decisions::fit(&setup, &val, &temperatures, val_dir)?;
+        conformal = fitted;
+        section = Some(fitted_section);
+        calibration = Some(val);
+    } else if args.fit_temperatures.is_some() && !setup.protos.conformal.is_empty() {
+        eprintln!("note: the temperatures changed, so the prototypes' conformal scores no longer hold; they are left out (add --fit-conformal VAL_DIR)");
+    }
+    if let Some(out) = &args.write_prototypes {
+        let version = prototypes::write_calibrated(
+            &setup.manifest.prototypes_path,
+            out,
+            &temperatures,
+            section,
+        )?;
+        eprintln!("wrote {} (version {version})", out.display());
     }
     let Some(data) = &args.data else {
         return Ok(());
@@ -169,6 +220,37 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let graded = grade(&setup, &set, &temperatures, args.adaptive_floor)?;
     if let Some(path) = &args.reliability {
         write_reliability(path, &setup, graded.panels)?;
+    }
+    let sets = if conformal.is_empty() {
+        eprintln!("note: no conformal scores (run with --fit-conformal VAL_DIR): prediction sets are not graded");
+        Vec::new()
+    } else {
+        decisions::grade_sets(&setup, &set, &temperatures, &conformal, &args.coverage)?
+    };
+    let first_prior = setup.priors[0];
+    let c = setup.protos.classes.num_classes();
+    let log_q: Vec<f64> = match first_prior {
+        EvalPrior::Serving(PriorName::Train) => setup.protos.classes.log_train_prior().to_vec(),
+        EvalPrior::Serving(PriorName::Uniform) => vec![0.0; c],
+        _ => {
+            eprintln!("note: the risk-coverage table uses the uniform prior (the first --prior is not a fixed one)");
+            vec![0.0; c]
+        }
+    };
+    let prior_name = match first_prior {
+        EvalPrior::Serving(PriorName::Train) => "train",
+        _ => "uniform",
+    };
+    let risk = decisions::risk_coverage(
+        &setup,
+        &set,
+        &temperatures,
+        &log_q,
+        prior_name,
+        args.risk_coverage.as_deref(),
+    )?;
+    if let (Some(path), Some(val)) = (&args.export_scores, &calibration) {
+        decisions::export(&setup, val, &set, &temperatures, path)?;
     }
     if let Some(path) = &args.report {
         let classes = &setup.protos.classes;
@@ -181,6 +263,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             "temperatures_refitted": args.fit_temperatures.is_some(),
             "bins": BINS, "em": {"tolerance": EM_TOLERANCE, "max_iterations": EM_MAX_ITERATIONS, "floor": args.adaptive_floor},
             "rows": graded.rows, "reliability": graded.reliability,
+            "prediction_sets": sets, "risk_coverage": risk,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -229,15 +312,15 @@ fn load(args: &EvalArgs) -> anyhow::Result<Setup> {
 }
 
 /// Refits each rule's temperature on the validation folder (NLL with q = its label
-/// distribution) and, with `--write-prototypes`, writes them out.
+/// distribution).
 fn fit_temperatures(
     setup: &mut Setup,
     val_dir: &Path,
-    args: &EvalArgs,
+    batch_size: usize,
     temperatures: &mut HashMap<Rule, f64>,
 ) -> anyhow::Result<()> {
     let items = dataset::scan(val_dir, setup.protos.classes.labels())?;
-    let val = encode(setup, &items, args.batch_size, "validation")?;
+    let val = encode(setup, &items, batch_size, "validation")?;
     let classes = &setup.protos.classes;
     let counts = label_counts(&val.labels, classes.num_classes());
     let n = val.labels.len() as f64;
@@ -257,14 +340,6 @@ fn fit_temperatures(
             nll(t)
         );
         temperatures.insert(rule, t);
-    }
-    if let Some(out) = &args.write_prototypes {
-        let version = prototypes::write_with_temperatures(
-            &setup.manifest.prototypes_path,
-            out,
-            temperatures,
-        )?;
-        eprintln!("wrote {} (version {version})", out.display());
     }
     Ok(())
 }

@@ -5,7 +5,11 @@
 //!
 //! Query: `top_k` (default 5, clamped to C), `rule` (linear | proco | vmf | ensemble),
 //! `prior` (uniform | train | adaptive | C comma-separated positive weights), `posterior`
-//! (true: include the full probability vector).
+//! (true: include the full probability vector), `coverage` (a level in (0, 1): add a conformal
+//! prediction set) with `set` (class | marginal), `abstain_below` (mark answers whose top
+//! probability is below it).
+//!
+//! Every answer has an `id`, kept (with its probabilities) for `POST /v1/feedback`.
 //!
 //! A multipart request is all or nothing: one bad part fails the whole request with the
 //! 4xx of that part, and the message names it (`part "b" (b.jpg): ...`). Nothing is
@@ -21,7 +25,7 @@ use serde::Serialize;
 
 use super::access::AccessInfo;
 use super::{body, ApiError};
-use crate::engine::{Prediction, Prior, RequestOptions};
+use crate::engine::{Prediction, PredictionSet, Prior, RequestOptions, SetError, SetRequest};
 use crate::infer::{Classified, ImageInput};
 use crate::state::{AppState, Serving};
 use crate::vmf::Rule;
@@ -49,6 +53,8 @@ struct PriorOut {
 /// The answer for one image.
 #[derive(Serialize)]
 struct ImageAnswer {
+    /// Names this answer in `POST /v1/feedback`.
+    id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     part: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,8 +67,21 @@ struct ImageAnswer {
     predictions: Vec<Prediction>,
     #[serde(skip_serializing_if = "Option::is_none")]
     posterior: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prediction_set: Option<SetAnswer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    abstained: Option<bool>,
     batch_size: usize,
     timings_ms: Timings,
+}
+
+/// A prediction set, or why the prototypes that answered could not give it (they changed
+/// between the request's check and its batch).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SetAnswer {
+    Set(PredictionSet),
+    Unavailable { error: String },
 }
 
 /// The answer to a multipart request: one entry per part, in part order.
@@ -89,11 +108,14 @@ fn ms(d: Duration) -> f64 {
         ("rule" = Option<String>, Query, description = "linear | proco | vmf | ensemble (default: the server's)"),
         ("prior" = Option<String>, Query, description = "uniform | train | adaptive | C comma-separated positive weights"),
         ("posterior" = Option<bool>, Query, description = "Include the full probability vector"),
+        ("coverage" = Option<f64>, Query, description = "Add a conformal prediction set that holds the true label with this probability, e.g. 0.9 (needs conformal scores in the prototypes)"),
+        ("set" = Option<String>, Query, description = "class (default: coverage for every class, whatever the class mix) | marginal (coverage on average over a balanced mix)"),
+        ("abstain_below" = Option<f64>, Query, description = "Mark the answer abstained when its top probability is below this"),
     ),
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
     responses(
         (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
-        (status = 400, description = "A malformed request: empty body, bad query parameter, rule unavailable", body = crate::http::error::ErrorBody),
+        (status = 400, description = "A malformed request: empty body, bad query parameter, rule or conformal scores unavailable, coverage level not served", body = crate::http::error::ErrorBody),
         (status = 413, description = "Body, image or part count over the limits", body = crate::http::error::ErrorBody),
         (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::error::ErrorBody),
         (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::error::ErrorBody),
@@ -120,11 +142,14 @@ pub async fn classify_put(
         ("rule" = Option<String>, Query, description = "linear | proco | vmf | ensemble (default: the server's)"),
         ("prior" = Option<String>, Query, description = "uniform | train | adaptive | C comma-separated positive weights"),
         ("posterior" = Option<bool>, Query, description = "Include the full probability vector"),
+        ("coverage" = Option<f64>, Query, description = "Add a conformal prediction set that holds the true label with this probability, e.g. 0.9 (needs conformal scores in the prototypes)"),
+        ("set" = Option<String>, Query, description = "class (default: coverage for every class, whatever the class mix) | marginal (coverage on average over a balanced mix)"),
+        ("abstain_below" = Option<f64>, Query, description = "Mark the answer abstained when its top probability is below this"),
     ),
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
     responses(
         (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
-        (status = 400, description = "A malformed request: empty body, bad query parameter, rule unavailable", body = crate::http::error::ErrorBody),
+        (status = 400, description = "A malformed request: empty body, bad query parameter, rule or conformal scores unavailable, coverage level not served", body = crate::http::error::ErrorBody),
         (status = 413, description = "Body, image or part count over the limits", body = crate::http::error::ErrorBody),
         (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::error::ErrorBody),
         (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::error::ErrorBody),
@@ -165,7 +190,13 @@ pub async fn classify(
 
     inject_fault(&parts_headers);
     let classified = serving.infer.classify(inputs, options).await?;
-    let answers = answers(&serving, classified, images.inputs, ms(started.elapsed()));
+    let answers = answers(
+        &state,
+        &serving,
+        classified,
+        images.inputs,
+        ms(started.elapsed()),
+    );
     let info = answers.first().map(|a| AccessInfo {
         images: answers.len(),
         batch_size: a.batch_size,
@@ -208,21 +239,43 @@ fn inject_fault(headers: &axum::http::HeaderMap) {
     let _ = headers;
 }
 
-/// One answer per image, in request order.
+/// One answer per image, in request order; each is kept for feedback.
 fn answers(
+    state: &AppState,
     serving: &Serving,
     classified: Classified,
     sources: Vec<body::Input>,
     total: f64,
 ) -> Vec<ImageAnswer> {
     let Classified { result, decode } = classified;
-    let version = &result.prototypes.version;
+    let protos = &result.prototypes;
+    let version = &protos.version;
     result
         .scored
         .into_iter()
         .zip(sources)
         .zip(decode)
-        .map(|((s, source), decode)| ImageAnswer {
+        .map(|((mut s, source), decode)| {
+            let id = crate::feedback::new_id();
+            let set = s.prediction_set.take().map(|set| match set {
+                Ok(set) => SetAnswer::Set(set),
+                Err(error) => SetAnswer::Unavailable { error },
+            });
+            let set_indices = match &set {
+                Some(SetAnswer::Set(set)) => Some(set.labels.iter().map(|p| p.index).collect()),
+                _ => None,
+            };
+            state.feedback.remember(
+                id.clone(),
+                version,
+                protos.classes.labels(),
+                &s.probabilities,
+                set_indices,
+            );
+            (id, s, set, source, decode)
+        })
+        .map(|(id, s, set, source, decode)| ImageAnswer {
+            id,
             part: source.part,
             filename: source.filename,
             model: serving.manifest.name.clone(),
@@ -235,6 +288,8 @@ fn answers(
             },
             predictions: s.top,
             posterior: s.posterior,
+            prediction_set: set,
+            abstained: s.abstained,
             batch_size: result.batch_size,
             timings_ms: Timings {
                 decode: ms(decode),
@@ -266,8 +321,11 @@ fn parse_query(
         posterior: false,
         logits: false,
         features: false,
+        set: None,
+        abstain_below: None,
     };
     let mut rule_given = false;
+    let (mut coverage, mut set_kind) = (None, None);
     for (key, value) in pairs {
         match key.as_str() {
             "rule" => {
@@ -287,9 +345,12 @@ fn parse_query(
                 options.top_k = k.min(c);
             }
             "posterior" => options.posterior = body::parse_bool("posterior", &value)?,
+            "coverage" => coverage = Some(value),
+            "set" => set_kind = Some(value),
+            "abstain_below" => options.abstain_below = Some(parse_threshold(&value)?),
             other => {
                 return Err(ApiError::InvalidParameter(format!(
-                    "unknown query parameter {other:?} (known: top_k, rule, prior, posterior)"
+                    "unknown query parameter {other:?} (known: top_k, rule, prior, posterior, coverage, set, abstain_below)"
                 )))
             }
         }
@@ -308,5 +369,36 @@ fn parse_query(
         // (a class was learned from examples): the proco rule answers instead, and says so.
         options.rule = Rule::Proco;
     }
+    match (coverage, set_kind) {
+        (Some(level), kind) => {
+            let request = SetRequest::parse(&level, kind.as_deref()).map_err(set_error)?;
+            request.check(&protos, options.rule).map_err(set_error)?;
+            options.set = Some(request);
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::InvalidCoverage(
+                "set names the kind of a prediction set; give its level too, e.g. coverage=0.9"
+                    .into(),
+            ))
+        }
+        (None, None) => {}
+    }
     Ok(options)
+}
+
+fn set_error(e: SetError) -> ApiError {
+    match e {
+        SetError::Invalid(m) => ApiError::InvalidCoverage(m),
+        SetError::Unavailable(m) => ApiError::ConformalUnavailable(m),
+    }
+}
+
+/// `abstain_below`: a probability in [0, 1].
+fn parse_threshold(value: &str) -> Result<f64, ApiError> {
+    match value.trim().parse::<f64>() {
+        Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
+        _ => Err(ApiError::InvalidParameter(format!(
+            "abstain_below {value:?} is not a probability between 0 and 1"
+        ))),
+    }
 }

@@ -54,6 +54,22 @@ pub enum ApiError {
     /// 400 invalid_top_k.
     #[error("{0}")]
     InvalidTopK(String),
+    /// 400 invalid_coverage: a coverage level outside (0, 1), finer than the calibration
+    /// scores support, or an unknown set kind.
+    #[error("{0}")]
+    InvalidCoverage(String),
+    /// 400 conformal_unavailable: the prototypes served have no conformal scores for the rule.
+    #[error("{0}")]
+    ConformalUnavailable(String),
+    /// 400 invalid_feedback: a feedback body that is not {id, label} or names no class.
+    #[error("{0}")]
+    InvalidFeedback(String),
+    /// 404 unknown_id: no answer with that id is waiting for feedback (never given, or expired).
+    #[error("{0}")]
+    UnknownId(String),
+    /// 409 feedback_exists: the answer already has its label.
+    #[error("{0}")]
+    FeedbackExists(String),
     /// 400 invalid_parameter: any other bad query parameter.
     #[error("{0}")]
     InvalidParameter(String),
@@ -105,10 +121,20 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            EmptyBody(_) | InvalidMultipart(_) | IncompleteBody(_) | InvalidRule(_)
-            | InvalidPrior(_) | InvalidTopK(_) | InvalidParameter(_) | RuleUnavailable(_)
-            | InvalidLabel(_) => StatusCode::BAD_REQUEST,
-            UnknownLabel(_) | UnknownVersion(_) => StatusCode::NOT_FOUND,
+            EmptyBody(_)
+            | InvalidMultipart(_)
+            | IncompleteBody(_)
+            | InvalidRule(_)
+            | InvalidPrior(_)
+            | InvalidTopK(_)
+            | InvalidParameter(_)
+            | RuleUnavailable(_)
+            | InvalidLabel(_)
+            | InvalidCoverage(_)
+            | ConformalUnavailable(_)
+            | InvalidFeedback(_) => StatusCode::BAD_REQUEST,
+            UnknownLabel(_) | UnknownVersion(_) | UnknownId(_) => StatusCode::NOT_FOUND,
+            FeedbackExists(_) => StatusCode::CONFLICT,
             RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             LastClass(_) => StatusCode::CONFLICT,
             TooManyClasses(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -138,6 +164,11 @@ impl ApiError {
             RequestTimeout(_) => "request_timeout",
             InvalidRule(_) => "invalid_rule",
             InvalidPrior(_) => "invalid_prior",
+            InvalidCoverage(_) => "invalid_coverage",
+            ConformalUnavailable(_) => "conformal_unavailable",
+            InvalidFeedback(_) => "invalid_feedback",
+            UnknownId(_) => "unknown_id",
+            FeedbackExists(_) => "feedback_exists",
             InvalidTopK(_) => "invalid_top_k",
             InvalidParameter(_) => "invalid_parameter",
             Unauthorized(_) => "unauthorized",

@@ -161,6 +161,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         }
         state.metrics.adaptive_samples.set(samples as f64);
     }
+    super::monitor::refresh_gauges(&state);
     (
         [(
             header::CONTENT_TYPE,

@@ -9,6 +9,8 @@
 //! | `GET /health/live`, `GET /health/ready` | [`info::live`], [`info::ready`] |
 //! | `GET /metrics` | [`info::metrics`] |
 //! | `GET /v1/prototypes/versions` | [`info::versions`] |
+//! | `POST /v1/feedback`, `GET /v1/monitoring` | [`monitor::feedback`], [`monitor::monitoring`] |
+//! | `GET /` (the console page) | [`page::console`] |
 //! | `GET /v2`, `/v2/health/{live,ready}` | [`v2::server_metadata`], [`v2::live`], [`v2::ready`] |
 //! | `GET /v2/models/{name}[/versions/{v}][/ready]` | [`v2::model_metadata`], [`v2::model_ready`] |
 //! | `POST /v2/models/{name}[/versions/{v}]/infer` | [`v2::infer`] |
@@ -24,7 +26,9 @@ pub mod classify;
 pub mod error;
 pub mod info;
 pub mod listener;
+pub mod monitor;
 pub mod openapi;
+pub mod page;
 pub mod v2;
 
 use std::sync::Arc;
@@ -48,6 +52,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(classify::classify).put(classify::classify_put),
         )
         .route("/v1/model", get(info::model))
+        .route("/v1/feedback", post(monitor::feedback))
+        .route("/v1/monitoring", get(monitor::monitoring))
+        .route("/", get(page::console))
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::page))
         .route("/health/live", get(info::live))

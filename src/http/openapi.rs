@@ -33,6 +33,9 @@ impl Modify for BearerAuth {
         super::classify::classify_put,
         super::info::model,
         super::info::versions,
+        super::monitor::feedback,
+        super::monitor::monitoring,
+        super::page::console,
         super::info::live,
         super::info::ready,
         super::info::metrics,
@@ -52,7 +55,7 @@ impl Modify for BearerAuth {
         document,
         page,
     ),
-    components(schemas(ErrorBody, ErrorDetail, V2ErrorBody)),
+    components(schemas(ErrorBody, ErrorDetail, V2ErrorBody, super::monitor::FeedbackBody)),
     modifiers(&BearerAuth),
     tags(
         (name = "v1", description = "Classification, the model, prototype versions"),

@@ -270,6 +270,7 @@ fn raw_request(body: Bytes) -> InferRequest {
         outputs: None,
         rule: None,
         prior: None,
+        decisions: Default::default(),
         binary_output: true,
     }
 }
@@ -303,6 +304,7 @@ fn json_request(header: &[u8], mut binary: Bytes) -> Result<InferRequest, V2Erro
         outputs: None,
         rule: None,
         prior: None,
+        decisions: Default::default(),
         binary_output: false,
     };
     if let Some(params) = obj.get("parameters") {
@@ -319,6 +321,18 @@ fn json_request(header: &[u8], mut binary: Bytes) -> Result<InferRequest, V2Erro
             match key.as_str() {
                 "rule" => request.rule = Some(text()?),
                 "prior" => request.prior = Some(text()?),
+                "set" => request.decisions.set = Some(text()?),
+                "coverage" | "abstain_below" => {
+                    let number = value
+                        .as_f64()
+                        .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+                        .ok_or_else(|| invalid(format!("parameter {key:?} must be a number")))?;
+                    if key == "coverage" {
+                        request.decisions.coverage = Some(number);
+                    } else {
+                        request.decisions.abstain_below = Some(number);
+                    }
+                }
                 "binary_data_output" => {
                     request.binary_output = value.as_bool().ok_or_else(|| {
                         invalid("parameter \"binary_data_output\" must be a boolean")
@@ -326,7 +340,7 @@ fn json_request(header: &[u8], mut binary: Bytes) -> Result<InferRequest, V2Erro
                 }
                 other => {
                     return Err(invalid(format!(
-                    "unknown request parameter {other:?} (known: rule, prior, binary_data_output)"
+                    "unknown request parameter {other:?} (known: rule, prior, coverage, set, abstain_below, binary_data_output)"
                 )))
                 }
             }
@@ -515,11 +529,13 @@ fn write_response(answer: oip::InferResponse) -> Response {
                         binary.extend_from_slice(&(item.len() as u32).to_le_bytes());
                         binary.extend_from_slice(item);
                     }),
+                    OutputData::Bool(flags) => binary.extend(flags.iter().map(|&f| u8::from(f))),
                 }
                 tensor["parameters"] = json!({"binary_data_size": binary.len() - start});
             } else {
                 tensor["data"] = match &out.data {
                     OutputData::Fp32(values) => json!(values),
+                    OutputData::Bool(flags) => json!(flags),
                     OutputData::Bytes(items) => json!(items
                         .iter()
                         .map(|i| String::from_utf8_lossy(i).into_owned())

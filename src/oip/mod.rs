@@ -15,6 +15,10 @@
 //! balanced logits, before temperature and prior) and `feature` FP32 `[N,p]` (the unit feature
 //! z). The classification extension (`classification: k` on an output) answers BYTES `[N,k]`
 //! strings `probability:index:label` from the calibrated probabilities, most probable first.
+//!
+//! Decisions, as in `/v1`: the `coverage` (and `set`: class | marginal) request parameters add
+//! the output `prediction_set`, BOOL `[N,C]` (true for the classes in each image's conformal
+//! set); `abstain_below` adds `abstained`, BOOL `[N]`.
 
 use std::sync::Arc;
 
@@ -33,6 +37,8 @@ pub const PIXELS_INPUT: &str = "pixels";
 pub const PROBABILITIES: &str = "probabilities";
 pub const LOGITS: &str = "logits";
 pub const FEATURE: &str = "feature";
+pub const PREDICTION_SET: &str = "prediction_set";
+pub const ABSTAINED: &str = "abstained";
 /// The protocol extensions this server implements (REST: both; gRPC has no binary extension,
 /// its tensors are raw bytes already).
 pub const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "classification"];
@@ -98,13 +104,29 @@ pub struct InferRequest {
     /// The `rule` and `prior` request parameters.
     pub rule: Option<String>,
     pub prior: Option<String>,
+    /// The `coverage`, `set` and `abstain_below` request parameters.
+    pub decisions: DecisionParameters,
     /// REST binary extension: every output as binary data unless it says otherwise.
     pub binary_output: bool,
+}
+
+/// The decision parameters of a request, as given (checked by [`infer`]).
+#[derive(Clone, Debug, Default)]
+pub struct DecisionParameters {
+    pub coverage: Option<f64>,
+    pub set: Option<String>,
+    pub abstain_below: Option<f64>,
+}
+
+impl DecisionParameters {
+    pub const NAMES: [&'static str; 3] = ["coverage", "set", "abstain_below"];
 }
 
 pub enum OutputData {
     Fp32(Vec<f32>),
     Bytes(Vec<Vec<u8>>),
+    /// One byte per element on the wire, as the protocol's BOOL.
+    Bool(Vec<bool>),
 }
 
 pub struct OutputTensor {
@@ -220,8 +242,14 @@ pub async fn infer(
 ) -> Result<InferResponse, OipError> {
     let protos = serving.store.snapshot();
     let c = protos.classes.num_classes();
-    let wanted = wanted_outputs(request.outputs, request.binary_output, c)?;
-    let options = options(state, serving, &request.rule, &request.prior, &wanted, c)?;
+    let wanted = wanted_outputs(
+        request.outputs,
+        request.binary_output,
+        c,
+        &request.decisions,
+    )?;
+    let mut options = options(state, serving, &request.rule, &request.prior, &wanted, c)?;
+    decide(&mut options, &request.decisions, &protos)?;
     let [input]: [InputTensor; 1] = request.inputs.try_into().map_err(|inputs: Vec<_>| {
         OipError::Invalid(format!(
             "give exactly one input, {IMAGE_INPUT:?} (BYTES) or {PIXELS_INPUT:?} (FP32); got {}",
@@ -332,14 +360,57 @@ fn batch_size(input: &InputTensor, max_images: usize) -> Result<usize, OipError>
     Ok(n)
 }
 
-/// The outputs to send, each with its classification count and form.
+/// The coverage level, set kind and abstention threshold, checked against the prototypes.
+fn decide(
+    options: &mut RequestOptions,
+    decisions: &DecisionParameters,
+    protos: &crate::prototypes::Prototypes,
+) -> Result<(), OipError> {
+    match (decisions.coverage, &decisions.set) {
+        (Some(level), kind) => {
+            let request = engine::SetRequest::parse(&level.to_string(), kind.as_deref())
+                .map_err(|e| OipError::Invalid(e.to_string()))?;
+            request
+                .check(protos, options.rule)
+                .map_err(|e| OipError::Invalid(e.to_string()))?;
+            options.set = Some(request);
+        }
+        (None, Some(_)) => {
+            return Err(OipError::Invalid(
+                "parameter \"set\" names the kind of a prediction set; give \"coverage\" too"
+                    .into(),
+            ))
+        }
+        (None, None) => {}
+    }
+    if let Some(t) = decisions.abstain_below {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(OipError::Invalid(format!(
+                "parameter \"abstain_below\" is {t}; it must be a probability between 0 and 1"
+            )));
+        }
+        options.abstain_below = Some(t);
+    }
+    Ok(())
+}
+
+/// The outputs to send, each with its classification count and form. Without a list, every
+/// output the request's parameters make available.
 fn wanted_outputs(
     requested: Option<Vec<RequestedOutput>>,
     binary_output: bool,
     classes: usize,
+    decisions: &DecisionParameters,
 ) -> Result<Vec<RequestedOutput>, OipError> {
     let Some(requested) = requested.filter(|r| !r.is_empty()) else {
-        return Ok([PROBABILITIES, LOGITS, FEATURE]
+        let mut names = vec![PROBABILITIES, LOGITS, FEATURE];
+        if decisions.coverage.is_some() {
+            names.push(PREDICTION_SET);
+        }
+        if decisions.abstain_below.is_some() {
+            names.push(ABSTAINED);
+        }
+        return Ok(names
             .into_iter()
             .map(|name| RequestedOutput {
                 name: name.to_string(),
@@ -349,10 +420,26 @@ fn wanted_outputs(
             .collect());
     };
     for out in &requested {
-        if ![PROBABILITIES, LOGITS, FEATURE].contains(&out.name.as_str()) {
+        let name = out.name.as_str();
+        if ![PROBABILITIES, LOGITS, FEATURE, PREDICTION_SET, ABSTAINED].contains(&name) {
             return Err(OipError::Invalid(format!(
-                "unknown output {:?}; the outputs are {PROBABILITIES:?}, {LOGITS:?} and {FEATURE:?}",
+                "unknown output {:?}; the outputs are {PROBABILITIES:?}, {LOGITS:?}, {FEATURE:?}, {PREDICTION_SET:?} (with the coverage parameter) and {ABSTAINED:?} (with abstain_below)",
                 out.name
+            )));
+        }
+        if name == PREDICTION_SET && decisions.coverage.is_none() {
+            return Err(OipError::Invalid(format!(
+                "output {PREDICTION_SET:?} needs the \"coverage\" parameter, e.g. 0.9"
+            )));
+        }
+        if name == ABSTAINED && decisions.abstain_below.is_none() {
+            return Err(OipError::Invalid(format!(
+                "output {ABSTAINED:?} needs the \"abstain_below\" parameter, e.g. 0.7"
+            )));
+        }
+        if out.classification.is_some() && [PREDICTION_SET, ABSTAINED].contains(&name) {
+            return Err(OipError::Invalid(format!(
+                "classification applies to {PROBABILITIES:?}, {LOGITS:?} and {FEATURE:?}, not to {name:?}"
             )));
         }
         if out.classification == Some(0) {
@@ -407,6 +494,8 @@ fn options(
         posterior: true,
         logits: wanted.iter().any(|o| o.name == LOGITS),
         features: wanted.iter().any(|o| o.name == FEATURE),
+        set: None,
+        abstain_below: None,
     })
 }
 
@@ -426,9 +515,39 @@ fn response(
     parameters.insert("rule".into(), json!(first.rule));
     parameters.insert("temperature".into(), json!(first.temperature));
     parameters.insert("prior".into(), json!(first.prior_name));
+    if let Some(Ok(set)) = &first.prediction_set {
+        parameters.insert("coverage".into(), json!(set.coverage));
+        parameters.insert("set".into(), json!(set.kind));
+    }
     let outputs = wanted
         .iter()
         .map(|out| {
+            let c = labels.len();
+            let flags = |data: Vec<bool>, shape: Vec<i64>| OutputTensor {
+                name: out.name.clone(),
+                datatype: "BOOL",
+                shape,
+                data: OutputData::Bool(data),
+                binary: out.binary,
+            };
+            match out.name.as_str() {
+                PREDICTION_SET => {
+                    let mut member = vec![false; n * c];
+                    for (i, s) in result.scored.iter().enumerate() {
+                        if let Some(Ok(set)) = &s.prediction_set {
+                            for p in &set.labels {
+                                member[i * c + p.index] = true;
+                            }
+                        }
+                    }
+                    return flags(member, vec![n as i64, c as i64]);
+                }
+                ABSTAINED => {
+                    let abstained = result.scored.iter().map(|s| s.abstained == Some(true));
+                    return flags(abstained.collect(), vec![n as i64]);
+                }
+                _ => {}
+            }
             let (values, width): (Vec<Vec<f64>>, usize) = match out.name.as_str() {
                 PROBABILITIES => (
                     result

@@ -64,6 +64,8 @@ pub fn learn(
 ) -> Result<(Document, bool), ChangeError> {
     check_label(label)?;
     let mut doc = doc.clone().upgraded();
+    // Conformal scores were measured on the old class model; they would not hold for the new one.
+    doc.conformal = None;
     let p = doc.feature_dim;
     if let Some(bad) = features.iter().position(|z| {
         z.len() != p || z.iter().any(|v| !v.is_finite()) || z.iter().all(|v| *v == 0.0)
@@ -123,6 +125,7 @@ pub fn learn(
 /// Removes class `label`; the others keep their order (and their head columns).
 pub fn remove(doc: &Document, label: &str) -> Result<Document, ChangeError> {
     let mut doc = doc.clone().upgraded();
+    doc.conformal = None;
     let Some(at) = doc.labels.iter().position(|l| l == label) else {
         return Err(ChangeError::NoSuchClass(label.to_string()));
     };

@@ -1,4 +1,4 @@
-//! `prototypes.json` (schema "proco-prototypes" v1 and v2, see docs/prototypes.md and its JSON
+//! `prototypes.json` (schema "proco-prototypes" v1 to v3, see docs/prototypes.md and its JSON
 //! Schema, docs/prototypes.schema.json): the file's form ([`Document`]), parsing and validation
 //! ([`Prototypes`]), changes learned from examples ([`change`]), the store the server reads
 //! them from ([`store`]), durable versions on disk ([`durable`]), and the content-derived version
@@ -19,15 +19,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::vmf::{ClassModel, Rule};
+use crate::vmf::{ClassModel, ConformalScores, Rule};
 pub use store::{PrototypeStore, ReloadOutcome};
 pub use version::prototypes_version;
 
 pub const SCHEMA: &str = "proco-prototypes";
-/// The schema version this server writes; it reads 1 and 2.
-pub const SCHEMA_VERSION: u32 = 2;
+/// The schema version this server writes; it reads 1 to 3 (3 added conformal scores).
+pub const SCHEMA_VERSION: u32 = 3;
+/// The conformal score the server computes (see `crate::vmf::conformal`).
+pub const CONFORMAL_SCORE: &str = "1-p_balanced";
 
 /// Why a prototypes document was refused.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,30 @@ pub struct Document {
     pub default_rule: Rule,
     pub temperatures: BTreeMap<String, f64>,
     pub classes: Vec<ClassEntry>,
+    /// v3: split-conformal calibration scores, so that prediction sets can be served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conformal: Option<ConformalSection>,
+}
+
+/// Conformal calibration as the file holds it: per rule, per class (in `classes` order), the
+/// ascending scores 1 - p(y | x) of the calibration images of that class, with p the balanced
+/// probabilities at the temperature stated here.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConformalSection {
+    /// The score's name: `1-p_balanced`.
+    pub score: String,
+    /// What the scores were computed on (the validation split; never the test set).
+    pub calibration_data: String,
+    /// Per rule: the temperature the scores were computed at, and the scores.
+    pub rules: BTreeMap<String, ConformalRule>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConformalRule {
+    pub temperature: f64,
+    pub scores: Vec<Vec<f64>>,
 }
 
 impl Document {
@@ -155,6 +181,8 @@ pub struct Prototypes {
     pub sources: Vec<Source>,
     /// The linear-head column of each class, if the head knows it.
     pub head_index: Vec<Option<usize>>,
+    /// Conformal calibration scores per rule, when the file has them (schema v3).
+    pub conformal: HashMap<Rule, ConformalScores>,
     /// The parsed file, the starting point of every change.
     pub document: Document,
 }
@@ -182,7 +210,7 @@ impl Prototypes {
         }
         if !(1..=SCHEMA_VERSION).contains(&raw.schema_version) {
             return invalid(format!(
-                "schema_version is {}, this server reads versions 1 and {SCHEMA_VERSION}",
+                "schema_version is {}, this server reads versions 1 to {SCHEMA_VERSION}",
                 raw.schema_version
             ));
         }
@@ -210,6 +238,7 @@ impl Prototypes {
         if let Some(unknown) = raw.temperatures.keys().find(|k| k.parse::<Rule>().is_err()) {
             return invalid(format!("temperatures has unknown rule {unknown:?}"));
         }
+        let conformal = conformal_scores(&raw, &temperatures)?;
         let classes = ClassModel::new(
             raw.labels.clone(),
             raw.feature_dim,
@@ -229,6 +258,7 @@ impl Prototypes {
             mean_resultant_length: columns.mean_resultant_length,
             sources: columns.sources,
             head_index: columns.head_index,
+            conformal,
             document: raw,
         })
     }
@@ -291,6 +321,75 @@ impl Prototypes {
             .filter(|r| head || !r.needs_linear_head())
             .collect()
     }
+}
+
+/// The conformal section, checked: schema v3, the known score, one list per class per rule,
+/// scores ascending in [0, 1], and computed at the temperature the file serves (a refitted
+/// temperature without refitted scores would silently break the guarantee).
+fn conformal_scores(
+    doc: &Document,
+    temperatures: &HashMap<Rule, f64>,
+) -> Result<HashMap<Rule, ConformalScores>, PrototypeError> {
+    let invalid = |m: String| Err(PrototypeError::Invalid(m));
+    let Some(section) = &doc.conformal else {
+        return Ok(HashMap::new());
+    };
+    if doc.schema_version < 3 {
+        return invalid("conformal needs schema_version 3".into());
+    }
+    if section.score != CONFORMAL_SCORE {
+        return invalid(format!(
+            "conformal.score is {:?}; this server computes {CONFORMAL_SCORE:?}",
+            section.score
+        ));
+    }
+    let mut out = HashMap::new();
+    for (name, entry) in &section.rules {
+        let Ok(rule) = name.parse::<Rule>() else {
+            return invalid(format!("conformal.rules has unknown rule {name:?}"));
+        };
+        let served = temperatures[&rule];
+        if (entry.temperature - served).abs() > 1e-12 * served {
+            return invalid(format!(
+                "conformal.rules.{rule} was computed at temperature {} but temperatures.{rule} is {served}; refit it (proco-serve eval --fit-conformal)",
+                entry.temperature
+            ));
+        }
+        if entry.scores.len() != doc.classes.len() {
+            return invalid(format!(
+                "conformal.rules.{rule}.scores has {} lists for {} classes",
+                entry.scores.len(),
+                doc.classes.len()
+            ));
+        }
+        let scores = ConformalScores::new(entry.scores.clone())
+            .map_err(|e| PrototypeError::Invalid(format!("conformal.rules.{rule}: {e}")))?;
+        out.insert(rule, scores);
+    }
+    Ok(out)
+}
+
+/// Writes `source` with (optionally) new temperatures and new conformal scores, in the
+/// current schema, with a recomputed `version`; returns the version. The result is validated
+/// before it is written.
+pub fn write_calibrated(
+    source: &Path,
+    out: &Path,
+    temperatures: &HashMap<Rule, f64>,
+    conformal: Option<ConformalSection>,
+) -> anyhow::Result<String> {
+    let current = Prototypes::load(source)?;
+    let mut doc = current.document.upgraded();
+    doc.temperatures = Rule::ALL
+        .iter()
+        .map(|r| (r.to_string(), temperatures[r]))
+        .collect();
+    doc.conformal = conformal;
+    let bytes = doc.to_bytes();
+    Prototypes::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("refusing to write invalid prototypes: {e}"))?;
+    std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(doc.version)
 }
 
 /// The per-class fields, checked against the labels, feature_dim and schema version, as
@@ -405,38 +504,6 @@ pub struct EncoderShape {
     pub num_classes: usize,
 }
 
-/// Writes `source` with new temperatures and a recomputed `version`; returns the version.
-pub fn write_with_temperatures(
-    source: &Path,
-    out: &Path,
-    temperatures: &HashMap<Rule, f64>,
-) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(source)
-        .with_context(|| format!("cannot read {}", source.display()))?;
-    let mut doc: Value =
-        serde_json::from_str(&text).with_context(|| format!("invalid {}", source.display()))?;
-    let obj = doc
-        .as_object_mut()
-        .context("prototypes.json is not a JSON object")?;
-    obj.insert(
-        "temperatures".into(),
-        Value::Object(
-            Rule::ALL
-                .iter()
-                .map(|r| (r.to_string(), json!(temperatures[r])))
-                .collect(),
-        ),
-    );
-    let version = prototypes_version(&doc);
-    doc["version"] = json!(version);
-    // Check the result is a valid prototypes file before writing it.
-    let pretty = serde_json::to_string_pretty(&doc)? + "\n";
-    Prototypes::from_slice(pretty.as_bytes())
-        .map_err(|e| anyhow::anyhow!("refusing to write invalid prototypes: {e}"))?;
-    std::fs::write(out, pretty).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(version)
-}
-
 #[cfg(test)]
 mod tests;
 
@@ -444,7 +511,7 @@ mod tests;
 /// versions apart. Its stated version is the id of its content. For unit tests across the crate.
 #[cfg(test)]
 pub(crate) fn tiny_document(vmf_temperature: f64) -> Value {
-    let mut doc = json!({
+    let mut doc = serde_json::json!({
         "schema": SCHEMA, "schema_version": 1, "version": "", "model": "tiny",
         "feature_dim": 2, "tau": 0.1, "alpha": 1.0, "labels": ["a", "b"], "default_rule": "vmf",
         "temperatures": {"linear": 1.0, "proco": 1.0, "vmf": vmf_temperature, "ensemble": 1.0},
@@ -453,6 +520,6 @@ pub(crate) fn tiny_document(vmf_temperature: f64) -> Value {
             {"index": 1, "label": "b", "count": 10, "kappa": 5.0, "mean_resultant_length": 0.7, "mu": [0.0, 1.0]}
         ]
     });
-    doc["version"] = json!(prototypes_version(&doc));
+    doc["version"] = serde_json::json!(prototypes_version(&doc));
     doc
 }

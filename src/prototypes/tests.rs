@@ -1,4 +1,5 @@
 use super::*;
+use serde_json::json;
 
 fn parse(doc: &Value) -> Result<Prototypes, PrototypeError> {
     Prototypes::from_slice(serde_json::to_string(doc).unwrap().as_bytes())
@@ -142,10 +143,57 @@ fn reserialising_a_document_keeps_its_id() {
     let again = Prototypes::from_slice(&shipped.document.clone().to_bytes()).unwrap();
     assert_eq!(again.version, shipped.version);
     assert_eq!(again.stated_version, again.version);
-    // Upgraded to v2 (sums filled in), the content changes and so does the id, but the
-    // statistics stay the same.
-    let v2 = Prototypes::from_slice(&shipped.document.clone().upgraded().to_bytes()).unwrap();
-    assert_ne!(v2.version, shipped.version);
-    assert_eq!(v2.head_columns(), Some((0..10).collect()));
-    assert_eq!(v2.classes.kappa(), shipped.classes.kappa());
+    // The shipped file is in the current schema (with conformal scores): upgrading changes nothing.
+    assert_eq!(shipped.document.schema_version, SCHEMA_VERSION);
+    assert_eq!(shipped.conformal.len(), 4);
+    let same = Prototypes::from_slice(&shipped.document.clone().upgraded().to_bytes()).unwrap();
+    assert_eq!(same.version, shipped.version);
+    // A v1 document upgraded gets its sums filled in: the content and the id change, the
+    // statistics do not.
+    let v1 = parse(&tiny_document(1.0)).unwrap();
+    let up = Prototypes::from_slice(&v1.document.clone().upgraded().to_bytes()).unwrap();
+    assert_ne!(up.version, v1.version);
+    assert_eq!(up.head_columns(), Some(vec![0, 1]));
+    assert_eq!(up.classes.kappa(), v1.classes.kappa());
+}
+
+#[test]
+fn conformal_scores_must_fit_the_classes_and_temperatures() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/cifar10-lt/prototypes.json"
+    );
+    let shipped: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let refused = |edit: &dyn Fn(&mut Value), says: &str| {
+        let mut doc = shipped.clone();
+        edit(&mut doc);
+        let err = parse(&doc).unwrap_err().to_string();
+        assert!(err.contains(says), "{err} (expected {says:?})");
+    };
+    refused(&|d| d["temperatures"]["proco"] = json!(1.5), "refit it");
+    refused(
+        &|d| d["conformal"]["score"] = json!("aps"),
+        "conformal.score",
+    );
+    refused(
+        &|d| d["conformal"]["rules"]["vmf"]["scores"][0][0] = json!(0.99),
+        "ascending",
+    );
+    refused(
+        &|d| {
+            d["conformal"]["rules"]["vmf"]["scores"]
+                .as_array_mut()
+                .unwrap()
+                .pop();
+        },
+        "9 lists for 10 classes",
+    );
+    refused(
+        &|d| d["schema_version"] = json!(2),
+        "needs schema_version 3",
+    );
+    refused(
+        &|d| d["conformal"]["rules"]["vmf"]["extra"] = json!(1),
+        "unknown field",
+    );
 }

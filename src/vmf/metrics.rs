@@ -32,6 +32,32 @@ pub struct Evaluation {
     pub brier: f64,
 }
 
+/// Total-variation distance between two distributions: half the L1 distance, in [0, 1].
+pub fn total_variation(p: &[f64], q: &[f64]) -> f64 {
+    0.5 * p.iter().zip(q).map(|(a, b)| (a - b).abs()).sum::<f64>()
+}
+
+/// Kullback-Leibler divergence KL(p || q) in nats; terms with p = 0 add nothing.
+pub fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
+    p.iter()
+        .zip(q)
+        .filter(|(a, _)| **a > 0.0)
+        .map(|(a, b)| a * (a / b).ln())
+        .sum()
+}
+
+/// The frequency group of a class with `n_y` training images: 0 many (> 100), 1 medium
+/// (20 to 100), 2 few (< 20), as in the long-tailed literature.
+pub fn frequency_group(n_y: f64) -> usize {
+    if n_y > 100.0 {
+        0
+    } else if n_y >= 20.0 {
+        1
+    } else {
+        2
+    }
+}
+
 /// Evaluates `softmax(g / T + log_q)` against `labels`. `train_counts` (n_y) defines the
 /// many (n_y > 100) / medium / few (n_y < 20) split.
 pub fn evaluate(
@@ -61,14 +87,7 @@ pub fn evaluate(
             .filter(|&(j, &v)| v > py || (v == py && j < y))
             .count();
         top5 += usize::from(better < k);
-        let n_y = train_counts[y];
-        let gi = if n_y > 100.0 {
-            0
-        } else if n_y >= 20.0 {
-            1
-        } else {
-            2
-        };
+        let gi = frequency_group(train_counts[y]);
         group[gi].0 += usize::from(pred == y);
         group[gi].1 += 1;
     }
@@ -251,6 +270,17 @@ pub fn reliability_bins(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn drift_distances() {
+        let p = [0.5, 0.5];
+        let q = [0.9, 0.1];
+        assert!((total_variation(&p, &q) - 0.4).abs() < 1e-15);
+        let kl = 0.5 * (0.5f64 / 0.9).ln() + 0.5 * (0.5f64 / 0.1).ln();
+        assert!((kl_divergence(&p, &q) - kl).abs() < 1e-15);
+        assert_eq!(kl_divergence(&q, &q), 0.0);
+        assert_eq!(kl_divergence(&[1.0, 0.0], &[0.5, 0.5]), 2f64.ln());
+    }
+
     use super::*;
 
     #[test]

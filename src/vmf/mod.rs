@@ -5,13 +5,15 @@
 //! * [`distribution`]: the vMF normaliser, A_p, concentration estimates, running class means;
 //! * [`rules`]: the four inference rules, producing balanced logits for a batch;
 //! * [`posterior`]: softmax under a target prior, and EM estimation of an unknown prior;
-//! * [`calibration`]: temperature fitting; [`metrics`]: accuracy and calibration metrics.
+//! * [`calibration`]: temperature fitting; [`metrics`]: accuracy and calibration metrics;
+//! * [`conformal`]: split-conformal prediction sets, marginal and class-conditional.
 //!
 //! Numerics, tolerances and the reasons for each choice are in the module docs; the golden values
 //! come from `tools/golden_bessel.py` (mpmath at 70 digits) and are checked by `tests/vmf_golden.rs`.
 
 pub mod bessel;
 pub mod calibration;
+pub mod conformal;
 pub mod distribution;
 pub mod metrics;
 pub mod posterior;
@@ -19,6 +21,7 @@ pub mod rules;
 
 pub use bessel::{log_bessel_ratio, log_iv};
 pub use calibration::fit_temperature;
+pub use conformal::{ConformalError, ConformalScores, SetKind};
 pub use distribution::{kappa_mle, kappa_official, log_cp, mean_resultant_ratio, VmfEstimator};
 pub use metrics::{evaluate, reliability_bins, Evaluation};
 pub use posterior::{

@@ -1,0 +1,141 @@
+//! Watching calibration in production: `POST /v1/feedback` (the true label of an answer) and
+//! `GET /v1/monitoring` (drift of the adaptive prior from the training prior, abstentions, and
+//! the feedback window's accuracy, NLL, Brier score, ECE and set coverage). The same figures
+//! are Prometheus gauges, refreshed at every scrape by [`refresh_gauges`].
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::ApiError;
+use crate::feedback::FeedbackError;
+use crate::state::AppState;
+use crate::vmf::metrics::{kl_divergence, total_variation};
+
+/// The body of `POST /v1/feedback`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBody {
+    /// The `id` of a `/v1/classify` answer.
+    id: String,
+    /// Its true label, one of the model's classes.
+    label: String,
+}
+
+#[utoipa::path(post, path = "/v1/feedback", tag = "v1", operation_id = "feedback",
+    summary = "Give the true label of an answer",
+    description = "Grades the answer with that id against its true label and adds it to the feedback window (GET /v1/monitoring, proco_feedback_* metrics).",
+    request_body(content = FeedbackBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Accepted: whether the answer was right, whether its set held the label, labelled answers in the window", body = serde_json::Value),
+        (status = 400, description = "Not {id, label} JSON, or a label the model does not have", body = crate::http::error::ErrorBody),
+        (status = 404, description = "No answer with that id is waiting (never given, or forgotten)", body = crate::http::error::ErrorBody),
+        (status = 409, description = "The answer already has its label", body = crate::http::error::ErrorBody)
+    ))]
+/// `POST /v1/feedback`: `{"id": ..., "label": ...}`.
+pub async fn feedback(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let counted = |result: &str| state.metrics.feedback.with_label_values(&[result]).inc();
+    let body: FeedbackBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            counted("invalid");
+            return ApiError::InvalidFeedback(format!(
+                "the body must be JSON {{\"id\": \"<answer id>\", \"label\": \"<true label>\"}}: {e}"
+            ))
+            .into_response();
+        }
+    };
+    match state.feedback.label(&body.id, &body.label) {
+        Ok(accepted) => {
+            counted("accepted");
+            Json(accepted).into_response()
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let (result, error) = match e {
+                FeedbackError::UnknownId(..) => ("unknown_id", ApiError::UnknownId(message)),
+                FeedbackError::UnknownLabel { .. } => {
+                    ("invalid", ApiError::InvalidFeedback(message))
+                }
+                FeedbackError::AlreadyLabelled(_) => {
+                    ("duplicate", ApiError::FeedbackExists(message))
+                }
+            };
+            counted(result);
+            error.into_response()
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/monitoring", tag = "v1", operation_id = "monitoring",
+    summary = "Drift, abstention and calibration on real traffic",
+    responses(
+        (status = 200, description = "prior (training and adaptive, total variation, KL, drift_warn, drifting), abstention counts, feedback window metrics (null while nothing is labelled)", body = serde_json::Value),
+        (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
+    ))]
+/// `GET /v1/monitoring`.
+pub async fn monitoring(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let serving = state
+        .serving()
+        .cloned()
+        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
+    let protos = serving.store.snapshot();
+    let (adaptive, samples) = serving.engine.adaptive_estimate(&protos);
+    let train = protos.classes.train_prior();
+    let tv = total_variation(&adaptive, &train);
+    let decisions = |r: &str| {
+        state
+            .metrics
+            .abstention_decisions
+            .with_label_values(&[r])
+            .get()
+    };
+    let (answered, abstained) = (decisions("answered"), decisions("abstained"));
+    Ok(Json(json!({
+        "prototypes_version": protos.version,
+        "labels": protos.classes.labels(),
+        "prior": {
+            "train": train,
+            "adaptive": adaptive,
+            "samples": samples,
+            "total_variation": tv,
+            "kl": kl_divergence(&adaptive, &train),
+            "drift_warn": state.config.drift_warn,
+            "drifting": tv > state.config.drift_warn,
+        },
+        "abstention": {"answers": answered + abstained, "abstained": abstained},
+        "feedback": state.feedback.metrics(),
+    })))
+}
+
+/// Sets the drift and feedback gauges from the current state (called at scrape time).
+pub fn refresh_gauges(state: &AppState) {
+    let metrics = &state.metrics;
+    if let Some(serving) = state.serving() {
+        let protos = serving.store.snapshot();
+        let (adaptive, _) = serving.engine.adaptive_estimate(&protos);
+        let train = protos.classes.train_prior();
+        metrics
+            .prior_drift_total_variation
+            .set(total_variation(&adaptive, &train));
+        metrics.prior_drift_kl.set(kl_divergence(&adaptive, &train));
+    }
+    let window = state.feedback.metrics();
+    metrics.feedback_labelled.set(window.labelled as f64);
+    for (name, value) in [
+        ("accuracy", window.accuracy),
+        ("nll", window.nll),
+        ("brier", window.brier),
+        ("ece", window.ece),
+        ("set_coverage", window.set_coverage),
+    ] {
+        metrics
+            .feedback_metrics
+            .with_label_values(&[name])
+            .set(value.unwrap_or(f64::NAN));
+    }
+}
