@@ -78,8 +78,11 @@ impl SetRequest {
     /// them for the level.
     pub fn check(&self, protos: &Prototypes, rule: Rule) -> Result<(), SetError> {
         let scores = protos.conformal.get(&rule).ok_or_else(|| {
+            let why = protos.conformal_stale.get(&rule).cloned().unwrap_or_else(|| {
+                "the prototypes have no conformal scores for it (classes learned from examples drop them)".into()
+            });
             SetError::Unavailable(format!(
-                "prototypes version {} have no conformal scores for rule {rule}: fit them with proco-serve eval --fit-conformal VAL_DIR --write-prototypes OUT (classes learned from examples drop them)",
+                "rule {rule} cannot give prediction sets with prototypes version {}: {why}; fit them with proco-serve eval --fit-conformal VAL_DIR --write-prototypes OUT",
                 protos.version
             ))
         })?;

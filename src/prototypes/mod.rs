@@ -183,6 +183,8 @@ pub struct Prototypes {
     pub head_index: Vec<Option<usize>>,
     /// Conformal calibration scores per rule, when the file has them (schema v3).
     pub conformal: HashMap<Rule, ConformalScores>,
+    /// Rules whose stored scores are not served, and why (their temperature changed since).
+    pub conformal_stale: HashMap<Rule, String>,
     /// The parsed file, the starting point of every change.
     pub document: Document,
 }
@@ -238,7 +240,7 @@ impl Prototypes {
         if let Some(unknown) = raw.temperatures.keys().find(|k| k.parse::<Rule>().is_err()) {
             return invalid(format!("temperatures has unknown rule {unknown:?}"));
         }
-        let conformal = conformal_scores(&raw, &temperatures)?;
+        let (conformal, conformal_stale) = conformal_scores(&raw, &temperatures)?;
         let classes = ClassModel::new(
             raw.labels.clone(),
             raw.feature_dim,
@@ -259,6 +261,7 @@ impl Prototypes {
             sources: columns.sources,
             head_index: columns.head_index,
             conformal,
+            conformal_stale,
             document: raw,
         })
     }
@@ -324,15 +327,19 @@ impl Prototypes {
 }
 
 /// The conformal section, checked: schema v3, the known score, one list per class per rule,
-/// scores ascending in [0, 1], and computed at the temperature the file serves (a refitted
-/// temperature without refitted scores would silently break the guarantee).
+/// scores ascending in [0, 1]. Scores computed at another temperature than the file now serves
+/// are not used (a temperature edited by hand would silently void their guarantee): the rule
+/// is listed as stale, with the reason, and serves no sets until they are refitted.
+type ConformalParts = (HashMap<Rule, ConformalScores>, HashMap<Rule, String>);
+
 fn conformal_scores(
     doc: &Document,
     temperatures: &HashMap<Rule, f64>,
-) -> Result<HashMap<Rule, ConformalScores>, PrototypeError> {
+) -> Result<ConformalParts, PrototypeError> {
     let invalid = |m: String| Err(PrototypeError::Invalid(m));
+    let mut stale = HashMap::new();
     let Some(section) = &doc.conformal else {
-        return Ok(HashMap::new());
+        return Ok((HashMap::new(), stale));
     };
     if doc.schema_version < 3 {
         return invalid("conformal needs schema_version 3".into());
@@ -348,13 +355,6 @@ fn conformal_scores(
         let Ok(rule) = name.parse::<Rule>() else {
             return invalid(format!("conformal.rules has unknown rule {name:?}"));
         };
-        let served = temperatures[&rule];
-        if (entry.temperature - served).abs() > 1e-12 * served {
-            return invalid(format!(
-                "conformal.rules.{rule} was computed at temperature {} but temperatures.{rule} is {served}; refit it (proco-serve eval --fit-conformal)",
-                entry.temperature
-            ));
-        }
         if entry.scores.len() != doc.classes.len() {
             return invalid(format!(
                 "conformal.rules.{rule}.scores has {} lists for {} classes",
@@ -364,9 +364,20 @@ fn conformal_scores(
         }
         let scores = ConformalScores::new(entry.scores.clone())
             .map_err(|e| PrototypeError::Invalid(format!("conformal.rules.{rule}: {e}")))?;
+        let served = temperatures[&rule];
+        if !(entry.temperature > 0.0) || (entry.temperature - served).abs() > 1e-12 * served {
+            stale.insert(
+                rule,
+                format!(
+                    "its conformal scores were computed at temperature {} but temperatures.{rule} is {served}",
+                    entry.temperature
+                ),
+            );
+            continue;
+        }
         out.insert(rule, scores);
     }
-    Ok(out)
+    Ok((out, stale))
 }
 
 /// Writes `source` with (optionally) new temperatures and new conformal scores, in the

@@ -170,7 +170,13 @@ fn conformal_scores_must_fit_the_classes_and_temperatures() {
         let err = parse(&doc).unwrap_err().to_string();
         assert!(err.contains(says), "{err} (expected {says:?})");
     };
-    refused(&|d| d["temperatures"]["proco"] = json!(1.5), "refit it");
+    // A temperature edited by hand: the file loads, but that rule serves no sets.
+    let mut doc = shipped.clone();
+    doc["temperatures"]["proco"] = json!(1.5);
+    let edited = parse(&doc).unwrap();
+    assert!(!edited.conformal.contains_key(&Rule::Proco));
+    assert!(edited.conformal_stale[&Rule::Proco].contains("temperatures.proco is 1.5"));
+    assert!(edited.conformal.contains_key(&Rule::Vmf));
     refused(
         &|d| d["conformal"]["score"] = json!("aps"),
         "conformal.score",

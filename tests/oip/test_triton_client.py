@@ -838,3 +838,63 @@ def test_http_errors_are_json_objects(server):
         assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
     status, body = server.get("/v2/models/no-such-model")
     assert status == 404 and isinstance(body, dict) and isinstance(body.get("error"), str), body
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+@pytest.mark.parametrize("kind", ["class", "marginal"])
+def test_prediction_sets_and_abstention_match_v1(proto, kind, http, grpc, server, model_info):
+    """coverage/set/abstain_below as request parameters: BOOL outputs equal to /v1's answers."""
+    client = client_of(proto, http, grpc)
+    files = [i["file"] for i in IMAGES[:12]]
+    mod = httpclient if proto == "http" else grpcclient
+    result = client.infer(
+        MODEL, [images_input(proto, files)],
+        outputs=[mod.InferRequestedOutput("prediction_set"), mod.InferRequestedOutput("abstained"),
+                 mod.InferRequestedOutput("probabilities")],
+        parameters={"rule": "proco", "coverage": 0.9, "set": kind, "abstain_below": 0.8},
+    )
+    member = result.as_numpy("prediction_set")
+    abstained = result.as_numpy("abstained")
+    assert member.dtype == np.bool_ and member.shape == (len(files), CLASSES), member
+    assert abstained.dtype == np.bool_ and abstained.shape == (len(files),), abstained
+    params = response_parameters(proto, result)
+    assert float(params["coverage"]) == 0.9 and params["set"] == kind, params
+    labels = model_info["labels"]
+    for i, f in enumerate(files):
+        query = urllib.parse.urlencode(
+            {"rule": "proco", "coverage": "0.9", "set": kind, "abstain_below": "0.8"})
+        request = urllib.request.Request(
+            server.base + "/v1/classify?" + query, data=jpeg(f),
+            headers={"Content-Type": "image/jpeg"}, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as r:
+            v1 = json.load(r)
+        want = sorted(p["index"] for p in v1["prediction_set"]["labels"])
+        assert sorted(np.flatnonzero(member[i]).tolist()) == want, (f, v1)
+        assert bool(abstained[i]) == v1["abstained"], (f, v1)
+        assert labels[int(np.argmax(result.as_numpy("probabilities")[i]))] == v1["predictions"][0]["label"]
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+@pytest.mark.parametrize("params,needle", [
+    ({"coverage": 1.5}, "between 0 and 1"),
+    ({"coverage": 0.995}, "needs at least 199"),
+    ({"coverage": 0.9, "set": "mondrian"}, "unknown set kind"),
+    ({"set": "class"}, "coverage"),
+    ({"abstain_below": 3.0}, "between 0 and 1"),
+])
+def test_bad_decision_parameters_are_invalid(proto, params, needle, http, grpc, server):
+    with pytest.raises(InferenceServerException) as excinfo:
+        client_of(proto, http, grpc).infer(MODEL, [images_input(proto, THREE[:1])],
+                                           parameters=params)
+    assert_error(excinfo, proto, 400, "INVALID_ARGUMENT", needle)
+    assert_still_serving(proto, http, grpc, server)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_prediction_set_output_needs_coverage(proto, http, grpc, server):
+    mod = httpclient if proto == "http" else grpcclient
+    with pytest.raises(InferenceServerException) as excinfo:
+        client_of(proto, http, grpc).infer(
+            MODEL, [images_input(proto, THREE[:1])],
+            outputs=[mod.InferRequestedOutput("prediction_set")])
+    assert_error(excinfo, proto, 400, "INVALID_ARGUMENT", "coverage")
