@@ -309,17 +309,24 @@ fn conformal_set(
     let thresholds = scores
         .thresholds(request.kind, request.coverage, labels)
         .map_err(|e| e.to_string())?;
+    let mut members: Vec<Prediction> = vmf::conformal::prediction_set(balanced, &thresholds)
+        .into_iter()
+        .map(|i| Prediction {
+            label: labels[i].clone(),
+            index: i,
+            probability: shown[i],
+        })
+        .collect();
+    // Listed as the answer's predictions are: most probable under the request's prior first.
+    members.sort_by(|a, b| {
+        b.probability
+            .total_cmp(&a.probability)
+            .then(a.index.cmp(&b.index))
+    });
     Ok(PredictionSet {
         coverage: request.coverage,
         kind: request.kind,
-        labels: vmf::conformal::prediction_set(balanced, &thresholds)
-            .into_iter()
-            .map(|i| Prediction {
-                label: labels[i].clone(),
-                index: i,
-                probability: shown[i],
-            })
-            .collect(),
+        labels: members,
     })
 }
 
