@@ -194,3 +194,63 @@ fn shift_and_refit_temperatures() {
     );
     proco_serve::prototypes::Prototypes::load(&protos_out).expect("a valid prototypes file");
 }
+
+#[test]
+fn fit_conformal_writes_servable_scores_and_grades_sets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    labelled_folder(&data);
+    let report_path = tmp.path().join("report.json");
+    let protos_out = tmp.path().join("prototypes.json");
+    let export = tmp.path().join("scores.json");
+    let png = tmp.path().join("risk.png");
+    // 4 fixtures per class: class-conditional levels up to 4/5 are supported, 0.9 is not.
+    let out = eval(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--prior",
+        "uniform",
+        "--fit-conformal",
+        data.to_str().unwrap(),
+        "--write-prototypes",
+        protos_out.to_str().unwrap(),
+        "--coverage",
+        "0.8,0.9",
+        "--report",
+        report_path.to_str().unwrap(),
+        "--export-scores",
+        export.to_str().unwrap(),
+        "--risk-coverage",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.contains("risk-coverage"), "{out}");
+    assert!(out.contains("not served: coverage 0.9 needs at least 9"), "{out}");
+    let written = proco_serve::prototypes::Prototypes::load(&protos_out).unwrap();
+    assert_eq!(written.conformal.len(), 4);
+    for scores in written.conformal.values() {
+        assert!(scores.per_class().iter().all(|s| s.len() == 4));
+    }
+    let report = read_json(&report_path);
+    let sets = report["prediction_sets"].as_array().unwrap();
+    // Per rule: class at 0.8 is served and 0.9 is not; marginal (40 pooled) serves both.
+    assert_eq!(sets.len(), 4 * 3, "{sets:?}");
+    for row in sets {
+        let coverage = row["coverage"].as_f64().unwrap();
+        // On its own calibration images a set at level l covers at least ceil((n+1) l) / n.
+        if row["kind"] == "class" {
+            for c in row["class_coverage"].as_object().unwrap().values() {
+                assert!(c.as_f64().unwrap() >= 0.75, "{row}");
+            }
+        }
+        assert!(coverage >= row["level"].as_f64().unwrap() - 1e-12, "{row}");
+    }
+    let exported = read_json(&export);
+    assert_eq!(
+        exported["rules"]["proco"]["calibration"]["labels"]
+            .as_array()
+            .unwrap()
+            .len(),
+        40
+    );
+    assert!(image::open(&png).is_ok());
+}
