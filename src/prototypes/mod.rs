@@ -365,7 +365,9 @@ fn conformal_scores(
         let scores = ConformalScores::new(entry.scores.clone())
             .map_err(|e| PrototypeError::Invalid(format!("conformal.rules.{rule}: {e}")))?;
         let served = temperatures[&rule];
-        if !(entry.temperature > 0.0) || (entry.temperature - served).abs() > 1e-12 * served {
+        // Written so that a NaN temperature counts as a mismatch.
+        let same = (entry.temperature - served).abs() <= 1e-12 * served;
+        if !same {
             stale.insert(
                 rule,
                 format!(
