@@ -72,7 +72,9 @@ class Server:
             pytest.fail(f"no server binary at {binary}: build it first (cargo build)")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROCO_")}
         self.proc = subprocess.Popen(
-            [str(binary), "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--drain-delay-ms", "0"],
+            [str(binary), "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--drain-delay-ms", "0",
+             # The adaptive prior leaves the training prior after the 40 warm-up images.
+             "--adaptive-min-samples", "32", "--adaptive-refresh-every", "8"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.log: list[str] = []
         first = self.proc.stdout.readline()
@@ -179,7 +181,34 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def page(server, model, browser):
+def traffic(server, model):
+    """Traffic before the page opens, so that its gauges have something to show: the 40 parity
+    fixtures (4 per class: far from the long-tailed training prior), each labelled by feedback."""
+    images = sorted((ROOT / "tests/fixtures/parity").glob("*.jpg"))
+    assert len(images) >= 20
+    query = urllib.parse.urlencode({"coverage": COVERAGE, "set": SET_KIND, "abstain_below": ABSTAIN})
+    for image in images:
+        status, _, body = http("POST", f"{server.url}/v1/classify?{query}", image.read_bytes(),
+                               {"Content-Type": "image/jpeg"})
+        assert status == 200, body
+        label = image.stem.split("_", 1)[1].rsplit("_", 1)[0]
+        assert label in model["labels"], image
+        status, _, body = http("POST", f"{server.url}/v1/feedback",
+                               json.dumps({"id": json.loads(body)["id"], "label": label}).encode(),
+                               {"Content-Type": "application/json"})
+        assert status == 200, body
+    # The EM runs on its own thread: wait until it has estimated from these images.
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        m = json.loads(http("GET", server.url + "/v1/monitoring")[2])
+        if m["prior"]["samples"] >= len(images) and m["prior"]["total_variation"] > 0:
+            return len(images)
+        time.sleep(0.2)
+    pytest.fail(f"the adaptive prior never left the training prior: {m['prior']}")
+
+
+@pytest.fixture(scope="module")
+def page(server, model, browser, traffic):
     """The page loaded, its model description read (rules filled in)."""
     d = browser.driver
     # What the browser loaded before (its own start tab, chrome:// pages) is not the page's doing.
@@ -300,16 +329,30 @@ def test_monitoring_panel_shows_numbers_and_refreshes(server, page):
     wait(d, lambda d: int(attr(d, "monitor-status", "data-refreshes") or 0) >= before + 2,
          "the monitoring panel did not refresh by itself", timeout=15)
     assert not d.find_element(By.ID, "monitor-error").is_displayed(), text(d, "monitor-error")
-    status, _, body = http("GET", server.url + "/v1/monitoring")
-    assert status == 200, body
-    m = json.loads(body)
+    # The figures are the server's: read them, refresh the page, read them again; when the two
+    # reads agree (no EM refresh in between), the page shows exactly them.
+    for _ in range(5):
+        m = json.loads(http("GET", server.url + "/v1/monitoring")[2])
+        n = int(attr(d, "monitor-status", "data-refreshes") or 0)
+        d.find_element(By.ID, "monitor-refresh").click()
+        wait(d, lambda d: int(attr(d, "monitor-status", "data-refreshes") or 0) > n, "no refresh on click")
+        if json.loads(http("GET", server.url + "/v1/monitoring")[2])["prior"] == m["prior"]:
+            break
+    prior, fb = m["prior"], m["feedback"]
+    assert text(d, "monitor-tv") == f"{prior['total_variation']:.3f}", (text(d, "monitor-tv"), prior)
+    assert text(d, "monitor-kl") == f"{prior['kl']:.3f}", (text(d, "monitor-kl"), prior)
+    assert text(d, "monitor-samples") == str(prior["samples"])
+    assert prior["total_variation"] > 0, "the warm-up traffic moved the adaptive prior"
+    assert text(d, "feedback-count") == str(fb["labelled"])
+    assert text(d, "monitor-accuracy") == f"{fb['accuracy'] * 100:.1f}%"
+    assert text(d, "monitor-abstained") == str(m["abstention"]["abstained"])
     for element_id in ("monitor-tv", "monitor-kl", "monitor-warn", "monitor-samples", "feedback-count",
                        "monitor-window", "monitor-answers", "monitor-abstained"):
         assert is_number(text(d, element_id)), f"#{element_id} shows {text(d, element_id)!r}"
     assert abs(float(text(d, "monitor-warn")) - m["prior"]["drift_warn"]) < 1e-3
     assert text(d, "monitor-drifting") == ("yes" if m["prior"]["drifting"] else "no")
-    # The answers counter has counted at least the page's classification and the direct one.
-    assert int(text(d, "monitor-answers")) >= 2
+    # The answers counter has counted the warm-up, the page's classification and the direct one.
+    assert int(text(d, "monitor-answers")) >= 42
     # One pair of bars per class.
     assert len(d.find_elements(By.CSS_SELECTOR, "#prior-pairs .pb")) == len(m["labels"])
 
