@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::vmf::metrics::{argmax, bin_of};
+
 /// Bins of the windowed ECE (as `eval`'s).
 const ECE_BINS: usize = crate::vmf::metrics::ECE_BINS;
 
@@ -195,16 +197,8 @@ impl FeedbackStore {
 /// One labelled answer's contribution.
 fn grade(probabilities: &[f32], y: usize, set: Option<&[usize]>) -> Outcome {
     let p: Vec<f64> = probabilities.iter().map(|&v| f64::from(v)).collect();
-    let (top, confidence) = p
-        .iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        });
+    let top = argmax(p.iter().copied());
+    let confidence = p[top];
     let brier = p
         .iter()
         .enumerate()
@@ -243,7 +237,7 @@ fn window_metrics(outcomes: Vec<Outcome>, window: usize) -> WindowMetrics {
 fn ece(outcomes: &[Outcome]) -> f64 {
     let mut bins = [(0.0f64, 0.0f64, 0usize); ECE_BINS];
     for o in outcomes {
-        let m = ((o.confidence * ECE_BINS as f64).ceil() as usize).clamp(1, ECE_BINS) - 1;
+        let m = bin_of(o.confidence, ECE_BINS);
         bins[m].0 += o.confidence;
         bins[m].1 += f64::from(u8::from(o.correct));
         bins[m].2 += 1;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::{plot, Encoded, Setup};
 use crate::prototypes::{ConformalRule, ConformalSection, CONFORMAL_SCORE};
 use crate::vmf::conformal::{evaluate_sets, ConformalScores, SetKind};
-use crate::vmf::metrics::frequency_group;
+use crate::vmf::metrics::{argmax, frequency_group};
 use crate::vmf::{posterior, Rule};
 
 /// Shares of images answered at which the risk-coverage table is printed.
@@ -209,16 +209,8 @@ pub fn risk_coverage(
             .axis_iter(Axis(0))
             .zip(&set.labels)
             .map(|(row, &y)| {
-                let (top, conf) =
-                    row.iter()
-                        .enumerate()
-                        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-                            if v > best.1 {
-                                (i, v)
-                            } else {
-                                best
-                            }
-                        });
+                let top = argmax(row.iter().copied());
+                let conf = row[top];
                 (conf, top == y)
             })
             .collect();

@@ -114,7 +114,8 @@ pub fn evaluate(
     }
 }
 
-fn argmax(values: impl Iterator<Item = f64>) -> usize {
+/// Index of the largest value (ties to the lowest index).
+pub fn argmax(values: impl Iterator<Item = f64>) -> usize {
     let mut best = (0, f64::NEG_INFINITY);
     for (i, v) in values.enumerate() {
         if v > best.1 {
@@ -125,7 +126,7 @@ fn argmax(values: impl Iterator<Item = f64>) -> usize {
 }
 
 /// Equal-width bin of a value in [0, 1]: bin 0 is [0, 1/M], bin m is (m/M, (m+1)/M].
-fn bin_of(v: f64, bins: usize) -> usize {
+pub fn bin_of(v: f64, bins: usize) -> usize {
     // ceil(v M) - 1 puts v = m/M exactly in bin m-1; the edges are compared as linspace computes them.
     let mut m = ((v * bins as f64).ceil() as usize)
         .saturating_sub(1)
