@@ -224,7 +224,10 @@ fn fit_conformal_writes_servable_scores_and_grades_sets() {
         png.to_str().unwrap(),
     ]);
     assert!(out.contains("risk-coverage"), "{out}");
-    assert!(out.contains("not served: coverage 0.9 needs at least 9"), "{out}");
+    assert!(
+        out.contains("not served: coverage 0.9 needs at least 9"),
+        "{out}"
+    );
     let written = proco_serve::prototypes::Prototypes::load(&protos_out).unwrap();
     assert_eq!(written.conformal.len(), 4);
     for scores in written.conformal.values() {
