@@ -2,9 +2,11 @@
 
 Loads the page, submits a fixture image through its form (coverage 0.9, class-conditional sets,
 abstain below 0.7) and checks what it renders against a direct POST /v1/classify of the same
-image with the same parameters; checks the monitoring panel fills and refreshes on its own,
-sends feedback through the page, shows a 4xx error in words, and checks that the page never
-asked anything of a host other than the server (Chromium's own network log). Tests run in file
+image with the same parameters (and the query the page sent against its controls); after 40
+labelled warm-up images, checks the monitoring panel refreshes on its own and shows the server's
+figures, sends feedback through the page (and is refused a second time, in words), classifies a
+dropped image, shows a 4xx error in words, and checks that the page never asked anything of a
+host other than the server (Chromium's own network log and the page's resource timing). Tests run in file
 order and share one server and one browser: each step builds on the previous one.
 """
 import json
@@ -405,6 +407,33 @@ def test_second_feedback_is_refused_in_words(page):
     d.find_element(By.ID, "feedback-send").click()
     wait(d, lambda d: attr(d, "feedback-result", "data-state") == "error", "a second feedback was not refused")
     assert "feedback_exists" in text(d, "feedback-result") and "409" in text(d, "feedback-result")
+
+
+def test_drop_an_image(server, model, page):
+    """The drop zone: a file dropped on it is previewed and classified like a picked one."""
+    d = page
+    image = ROOT / "tests/fixtures/parity/09_truck_0000.jpg"
+    n = int(attr(d, "result", "data-answers") or 0)
+    d.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], arguments[1], {type: "image/jpeg"}));
+        const zone = document.getElementById("drop");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+          zone.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: dt}));
+        }""", __import__("base64").b64encode(image.read_bytes()).decode(), image.name)
+    wait(d, lambda d: image.name in text(d, "file-name"), "the dropped file was not taken")
+    assert d.find_element(By.ID, "preview").is_displayed()
+    d.find_element(By.ID, "submit").click()
+    wait(d, lambda d: int(attr(d, "result", "data-answers") or 0) == n + 1, "the dropped image was not classified")
+    query = urllib.parse.urlencode({"top_k": len(model["labels"]), "rule": model["default_rule"], "prior": "uniform",
+                                    "coverage": COVERAGE, "set": SET_KIND, "abstain_below": ABSTAIN})
+    status, _, body = http("POST", f"{server.url}/v1/classify?{query}", image.read_bytes(), {"Content-Type": "image/jpeg"})
+    assert status == 200, body
+    direct = json.loads(body)
+    assert text(d, "top-label") == max(direct["predictions"], key=lambda p: p["probability"])["label"]
+    assert sorted(e.text.strip() for e in d.find_elements(By.CSS_SELECTOR, "#prediction-set .set-label")) == \
+        sorted(p["label"] for p in direct["prediction_set"]["labels"])
 
 
 def test_an_error_is_shown_in_words(page, tmp_path):
