@@ -7,9 +7,15 @@
 //! [`adaptive`]). The prior names live in [`prior`].
 //!
 //! One batch is always scored against one prototypes snapshot, handed in by the caller.
+//!
+//! Temperatures come from the prototypes snapshot, unless the served encoder variant has its
+//! own (model.toml's `[variants.NAME.temperatures]`, fitted on that variant's features): those
+//! override the file's for every snapshot, reloads included.
 
 pub mod adaptive;
 pub mod prior;
+
+use std::collections::HashMap;
 
 use ndarray::{Array2, ArrayView1, Axis};
 use serde::Serialize;
@@ -64,6 +70,8 @@ pub struct Engine {
     /// The rule whose calibrated logits feed the adaptive prior.
     adaptive_rule: Rule,
     adaptive: AdaptiveTracker,
+    /// The encoder variant's own temperatures (every rule), replacing the prototypes'.
+    temperatures: Option<HashMap<Rule, f64>>,
 }
 
 impl Engine {
@@ -71,6 +79,21 @@ impl Engine {
         Engine {
             adaptive_rule,
             adaptive: AdaptiveTracker::new(adaptive_config),
+            temperatures: None,
+        }
+    }
+
+    /// Uses these temperatures instead of the prototypes file's (an encoder variant's own).
+    pub fn with_temperatures(mut self, temperatures: Option<HashMap<Rule, f64>>) -> Self {
+        self.temperatures = temperatures;
+        self
+    }
+
+    /// The temperature a rule is served with: the variant's, else the prototypes'.
+    pub fn temperature(&self, protos: &Prototypes, rule: Rule) -> f64 {
+        match self.temperatures.as_ref().and_then(|t| t.get(&rule)) {
+            Some(&t) => t,
+            None => protos.temperature(rule),
         }
     }
 
@@ -131,11 +154,14 @@ impl Engine {
         let results = options
             .iter()
             .enumerate()
-            .map(|(i, o)| score_row(protos, g_of(o.rule).row(i), o, &priors))
+            .map(|(i, o)| {
+                let t = self.temperature(protos, o.rule);
+                score_row(protos, g_of(o.rule).row(i), o, t, &priors)
+            })
             .collect();
 
         // Feed the adaptive prior with this batch's calibrated rows of its rule.
-        let t = protos.temperature(adaptive_rule);
+        let t = self.temperature(protos, adaptive_rule);
         let g = g_of(adaptive_rule);
         self.adaptive.observe(
             protos,
@@ -171,9 +197,9 @@ fn score_row(
     protos: &Prototypes,
     g: ArrayView1<f64>,
     o: &RequestOptions,
+    temperature: f64,
     priors: &LogPriors,
 ) -> Scored {
-    let temperature = protos.temperature(o.rule);
     let explicit_log: Vec<f64>;
     let (log_q, prior_used): (&[f64], Option<Vec<f64>>) = match &o.prior {
         Prior::Named(PriorName::Uniform) => (&priors.uniform, None),

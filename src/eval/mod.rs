@@ -10,6 +10,9 @@
 //!   over the whole evaluated stream) can be compared with `uniform` and `train`.
 //! * `--fit-temperatures VAL --write-prototypes OUT` refits T per rule on a validation folder and
 //!   writes a prototypes file with a new content-derived `version`.
+//! * `--encoder-variant int8` runs the INT8 graph model.toml lists, with its own temperatures
+//!   when model.toml gives them (as the server does); fitting prints them as the TOML table to
+//!   put there.
 //!
 //! This file is the orchestration; [`dataset`] reads the folder and subsamples it, [`report`]
 //! prints the table and builds the JSON rows, [`plot`] draws the reliability diagram.
@@ -29,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::encoder::{Encode, Encoder, ProviderChoice, Threads};
 use crate::engine::PriorName;
-use crate::manifest::ModelManifest;
+use crate::manifest::{EncoderVariant, ModelManifest};
 use crate::preprocess::{self, DecodeLimits};
 use crate::prototypes::{self, EncoderShape, Prototypes};
 use crate::vmf::{
@@ -53,6 +56,13 @@ pub struct EvalArgs {
     /// Model directory with model.toml, the encoder and prototypes.json
     #[arg(long, default_value = "models/cifar10-lt")]
     pub model_dir: PathBuf,
+    /// Encoder graph: fp32 | int8 (the server's encoder_variant setting)
+    #[arg(long, env = "PROCO_ENCODER_VARIANT", default_value = "fp32", value_parser = parse_variant)]
+    pub encoder_variant: EncoderVariant,
+    /// Use the prototypes file's temperatures even when model.toml gives the variant its own
+    /// (to measure how the fp32 temperatures hold on the variant's features)
+    #[arg(long)]
+    pub prototypes_temperatures: bool,
     /// Labelled test folder: <DIR>/<label>/*.jpg|*.jpeg|*.png, folder names as the prototypes' labels
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
@@ -99,6 +109,10 @@ pub struct EvalArgs {
     /// ONNX Runtime intra-op threads (0: ONNX Runtime decides)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+}
+
+fn parse_variant(s: &str) -> Result<EncoderVariant, String> {
+    s.parse()
 }
 
 /// A prior `eval` can score under: one the server has, or the evaluated set's own label
@@ -155,9 +169,27 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         eprintln!("note: --fit-temperatures without --write-prototypes: the fitted values are used for this run only");
     }
     let mut setup = load(&args)?;
+    // As the server: the variant's own temperatures if model.toml has them, else the file's.
+    let variant_temperatures = setup
+        .manifest
+        .temperatures
+        .clone()
+        .filter(|_| !args.prototypes_temperatures);
+    let temperatures_from = match &variant_temperatures {
+        Some(_) => format!(
+            "model.toml [variants.{}.temperatures]",
+            args.encoder_variant
+        ),
+        None => "prototypes".to_string(),
+    };
     let mut temperatures: HashMap<Rule, f64> = Rule::ALL
         .iter()
-        .map(|&r| (r, setup.protos.temperature(r)))
+        .map(|&r| {
+            let t = variant_temperatures
+                .as_ref()
+                .map_or_else(|| setup.protos.temperature(r), |t| t[&r]);
+            (r, t)
+        })
         .collect();
     if let Some(val_dir) = &args.fit_temperatures {
         fit_temperatures(&mut setup, val_dir, &args, &mut temperatures)?;
@@ -175,7 +207,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let counts = label_counts(&set.labels, classes.num_classes());
         let report = json!({
             "model": setup.manifest.name, "prototypes_version": setup.protos.version, "data": data.display().to_string(),
-            "provider": setup.encoder.provider(), "images": set.labels.len(), "skipped": set.skipped,
+            "provider": setup.encoder.provider(), "encoder_variant": args.encoder_variant,
+            "temperatures_from": if args.fit_temperatures.is_some() { "refitted" } else { temperatures_from.as_str() },
+            "images": set.labels.len(), "skipped": set.skipped,
             "per_class": per_label(classes.labels(), &counts), "shift": shift_info,
             "temperatures": Rule::ALL.iter().map(|r| (r.to_string(), json!(temperatures[r]))).collect::<serde_json::Map<_, _>>(),
             "temperatures_refitted": args.fit_temperatures.is_some(),
@@ -204,7 +238,7 @@ fn load(args: &EvalArgs) -> anyhow::Result<Setup> {
     } else {
         args.rule.clone()
     };
-    let manifest = ModelManifest::load(&args.model_dir)?;
+    let manifest = ModelManifest::load_variant(&args.model_dir, args.encoder_variant)?;
     let protos = Prototypes::load(&manifest.prototypes_path)?;
     let threads = Threads {
         intra: args.threads,
@@ -258,6 +292,18 @@ fn fit_temperatures(
         );
         temperatures.insert(rule, t);
     }
+    if setup.manifest.variant != EncoderVariant::Fp32 {
+        // A variant's temperatures live in model.toml, not in the prototypes file.
+        eprintln!(
+            "for model.toml:\n[variants.{}]\ntemperatures = {{ {} }}",
+            setup.manifest.variant,
+            Rule::ALL
+                .iter()
+                .map(|r| format!("{r} = {}", temperatures[r]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if let Some(out) = &args.write_prototypes {
         let version = prototypes::write_with_temperatures(
             &setup.manifest.prototypes_path,
@@ -299,9 +345,10 @@ fn encode_test_set(
     }
     let set = encode(setup, &items, args.batch_size, "test")?;
     println!(
-        "model {} (prototypes {}), {} images from {}, encoder on {}",
+        "model {} (prototypes {}, encoder {}), {} images from {}, encoder on {}",
         setup.manifest.name,
         setup.protos.version,
+        setup.manifest.variant,
         set.labels.len(),
         data.display(),
         setup.encoder.provider()
