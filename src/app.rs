@@ -26,7 +26,10 @@ use crate::vmf::AdaptivePriorConfig;
 /// Loads the manifest, the encoder (with warm-up), the prototypes, and starts the batcher.
 /// Blocking: call from a blocking thread.
 pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
-    let manifest = Arc::new(ModelManifest::load(&config.model_dir)?);
+    let manifest = Arc::new(ModelManifest::load_variant(
+        &config.model_dir,
+        config.encoder_variant,
+    )?);
     let lib = crate::encoder::init_runtime()?;
     tracing::info!("ONNX Runtime loaded from {}", lib.display());
     let threads = Threads {
@@ -35,6 +38,16 @@ pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
     };
     let encoder = Encoder::load(&manifest, config.execution_provider, threads)
         .with_context(|| format!("cannot load the encoder of {}", config.model_dir.display()))?;
+    tracing::info!(
+        "encoder variant {} ({}), temperatures from {}",
+        manifest.variant,
+        manifest.encoder_path.display(),
+        if manifest.temperatures.is_some() {
+            "model.toml"
+        } else {
+            "the prototypes file"
+        }
+    );
     let provider = ProviderReport {
         active: encoder.provider().to_string(),
         requested: config.execution_provider.to_string(),
@@ -69,7 +82,7 @@ pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
         shape.feature_dim,
         config.default_rule
     );
-    publish_model_metrics(&metrics, &provider, &shape, &snapshot);
+    publish_model_metrics(&metrics, &provider, &manifest, &shape, &snapshot);
 
     let (engine, infer) = start_inference(config, &manifest, encoder, &store, &metrics)?;
     Ok(Serving {
@@ -98,17 +111,20 @@ fn start_inference(
     store: &Arc<PrototypeStore>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<(Arc<Engine>, Infer)> {
-    let engine = Arc::new(Engine::new(
-        AdaptivePriorConfig {
-            window: config.adaptive_window,
-            min_samples: config.adaptive_min_samples,
-            floor: config.adaptive_floor,
-            refresh_every: config.adaptive_refresh_every,
-            ..AdaptivePriorConfig::default()
-        },
-        config.default_rule,
-        config.drift_warn,
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            AdaptivePriorConfig {
+                window: config.adaptive_window,
+                min_samples: config.adaptive_min_samples,
+                floor: config.adaptive_floor,
+                refresh_every: config.adaptive_refresh_every,
+                ..AdaptivePriorConfig::default()
+            },
+            config.default_rule,
+            config.drift_warn,
+        )
+        .with_temperatures(manifest.temperatures.clone()),
+    );
     let input_size = (
         manifest.input.height as usize,
         manifest.input.width as usize,
@@ -139,6 +155,7 @@ fn start_inference(
 fn publish_model_metrics(
     metrics: &Metrics,
     provider: &ProviderReport,
+    manifest: &ModelManifest,
     shape: &EncoderShape,
     protos: &Prototypes,
 ) {
@@ -150,6 +167,7 @@ fn publish_model_metrics(
         .model_info
         .with_label_values(&[
             shape.model.as_str(),
+            manifest.variant.as_str(),
             &shape.feature_dim.to_string(),
             &shape.num_classes.to_string(),
         ])

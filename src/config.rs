@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::encoder::ProviderChoice;
 use crate::engine::PriorName;
+use crate::manifest::EncoderVariant;
 use crate::telemetry::AccessLogFormat;
 use crate::vmf::Rule;
 
@@ -120,6 +121,8 @@ settings! {
     /// Bearer token for the /admin endpoints (unset or empty: they answer 403)
     [hide_env_values = true]
     admin_token: String = String::new(), env "PROCO_ADMIN_TOKEN";
+    /// Encoder graph to serve: fp32 | int8 (the variants model.toml lists; int8 uses its own temperatures when model.toml gives them)
+    encoder_variant: EncoderVariant = EncoderVariant::Fp32, env "PROCO_ENCODER_VARIANT";
     /// auto | cuda | cpu
     execution_provider: ProviderChoice = ProviderChoice::Auto, env "PROCO_EXECUTION_PROVIDER";
     /// ONNX Runtime threads inside one operator (0: ONNX Runtime decides)
@@ -270,10 +273,21 @@ mod tests {
             "train",
             "--execution-provider",
             "cpu",
+            "--encoder-variant",
+            "int8",
         ])
         .unwrap();
         assert_eq!(cli.serve.default_prior, Some(PriorName::Train));
         assert_eq!(cli.serve.execution_provider, Some(ProviderChoice::Cpu));
+        assert_eq!(cli.serve.encoder_variant, Some(EncoderVariant::Int8));
+        let err = Cli::try_parse_from(["proco-serve", "--encoder-variant", "int4"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("encoder_variant") && err.contains("int4"),
+            "{err}"
+        );
         let err = Cli::try_parse_from(["proco-serve", "--default-rule", "softmax"])
             .err()
             .unwrap()

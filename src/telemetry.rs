@@ -161,7 +161,7 @@ impl Metrics {
             model_info: gauges(
                 "proco_model_info",
                 "The model being served (always 1)",
-                &["model", "feature_dim", "classes"],
+                &["model", "variant", "feature_dim", "classes"],
             ),
             batch_failures: register(
                 &r,

@@ -486,7 +486,7 @@ fn model_health_and_metrics_endpoints() {
         Some(1.0)
     );
     assert_eq!(
-        common::metric(&text, "proco_model_info{classes=\"10\",feature_dim=\"128\",model=\"cifar10-lt-proco-resnet32\"}"),
+        common::metric(&text, "proco_model_info{classes=\"10\",feature_dim=\"128\",model=\"cifar10-lt-proco-resnet32\",variant=\"fp32\"}"),
         Some(1.0)
     );
     assert_eq!(common::metric(&text, "proco_ready"), Some(1.0));

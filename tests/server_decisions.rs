@@ -435,3 +435,18 @@ fn the_console_page_is_served_self_contained() {
     }
     assert!(page.contains("/v1/classify") && page.contains("/v1/monitoring"));
 }
+
+#[test]
+fn the_int8_variant_serves_no_sets_fitted_for_fp32() {
+    // Its own temperatures (model.toml) give other probabilities than the scores describe.
+    let server = Server::start(&["--encoder-variant", "int8"]);
+    let (status, body) = post(&server, "?coverage=0.9", &fixtures()[0].0);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "conformal_unavailable");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("encoder variant serves it at"));
+    let (status, body) = post(&server, "?abstain_below=0.5", &fixtures()[0].0);
+    assert_eq!(status, 200, "{body}");
+}

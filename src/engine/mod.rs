@@ -8,9 +8,15 @@
 //! [`adaptive`]). The prior names live in [`prior`].
 //!
 //! One batch is always scored against one prototypes snapshot, handed in by the caller.
+//!
+//! Temperatures come from the prototypes snapshot, unless the served encoder variant has its
+//! own (model.toml's `[variants.NAME.temperatures]`, fitted on that variant's features): those
+//! override the file's for every snapshot, reloads included.
 
 pub mod adaptive;
 pub mod prior;
+
+use std::collections::HashMap;
 
 use ndarray::{Array2, ArrayView1, Axis};
 use serde::Serialize;
@@ -74,13 +80,10 @@ impl SetRequest {
         Ok(SetRequest { coverage, kind })
     }
 
-    /// Whether `protos` can serve this set for `rule`: they have its scores, and enough of
-    /// them for the level.
-    pub fn check(&self, protos: &Prototypes, rule: Rule) -> Result<(), SetError> {
-        let scores = protos.conformal.get(&rule).ok_or_else(|| {
-            let why = protos.conformal_stale.get(&rule).cloned().unwrap_or_else(|| {
-                "the prototypes have no conformal scores for it (classes learned from examples drop them)".into()
-            });
+    /// Whether `protos` can serve this set for `rule` at the temperature the server uses for
+    /// it: they have its scores, computed at that temperature, and enough of them for the level.
+    pub fn check(&self, protos: &Prototypes, rule: Rule, temperature: f64) -> Result<(), SetError> {
+        let scores = usable_scores(protos, rule, temperature).map_err(|why| {
             SetError::Unavailable(format!(
                 "rule {rule} cannot give prediction sets with prototypes version {}: {why}; fit them with proco-serve eval --fit-conformal VAL_DIR --write-prototypes OUT",
                 protos.version
@@ -90,6 +93,28 @@ impl SetRequest {
             .thresholds(self.kind, self.coverage, protos.classes.labels())
             .map(|_| ())
             .map_err(|e| SetError::Invalid(e.to_string()))
+    }
+}
+
+/// The conformal scores of a rule, if they describe the probabilities served: computed at the
+/// served temperature (an encoder variant with temperatures of its own, such as int8, has other
+/// probabilities than the fp32 encoder the scores were fitted with).
+fn usable_scores(
+    protos: &Prototypes,
+    rule: Rule,
+    temperature: f64,
+) -> Result<&vmf::ConformalScores, String> {
+    let Some(scores) = protos.conformal.get(&rule) else {
+        return Err(protos.conformal_stale.get(&rule).cloned().unwrap_or_else(|| {
+            "the prototypes have no conformal scores for it (classes learned from examples drop them)".into()
+        }));
+    };
+    match protos.conformal_temperature(rule) {
+        Some(t) if (t - temperature).abs() <= 1e-12 * temperature => Ok(scores),
+        Some(t) => Err(format!(
+            "its conformal scores were computed at temperature {t}, but this server's encoder variant serves it at {temperature}"
+        )),
+        None => Err("the prototypes have no conformal scores for it".into()),
     }
 }
 
@@ -139,6 +164,8 @@ pub struct Engine {
     /// The rule whose calibrated logits feed the adaptive prior.
     adaptive_rule: Rule,
     adaptive: AdaptiveTracker,
+    /// The encoder variant's own temperatures (every rule), replacing the prototypes'.
+    temperatures: Option<HashMap<Rule, f64>>,
 }
 
 impl Engine {
@@ -148,6 +175,21 @@ impl Engine {
         Engine {
             adaptive_rule,
             adaptive: AdaptiveTracker::new(adaptive_config, drift_warn),
+            temperatures: None,
+        }
+    }
+
+    /// Uses these temperatures instead of the prototypes file's (an encoder variant's own).
+    pub fn with_temperatures(mut self, temperatures: Option<HashMap<Rule, f64>>) -> Self {
+        self.temperatures = temperatures;
+        self
+    }
+
+    /// The temperature a rule is served with: the variant's, else the prototypes'.
+    pub fn temperature(&self, protos: &Prototypes, rule: Rule) -> f64 {
+        match self.temperatures.as_ref().and_then(|t| t.get(&rule)) {
+            Some(&t) => t,
+            None => protos.temperature(rule),
         }
     }
 
@@ -208,11 +250,14 @@ impl Engine {
         let results = options
             .iter()
             .enumerate()
-            .map(|(i, o)| score_row(protos, g_of(o.rule).row(i), o, &priors))
+            .map(|(i, o)| {
+                let t = self.temperature(protos, o.rule);
+                score_row(protos, g_of(o.rule).row(i), o, t, &priors)
+            })
             .collect();
 
         // Feed the adaptive prior with this batch's calibrated rows of its rule.
-        let t = protos.temperature(adaptive_rule);
+        let t = self.temperature(protos, adaptive_rule);
         let g = g_of(adaptive_rule);
         self.adaptive.observe(
             protos,
@@ -248,9 +293,9 @@ fn score_row(
     protos: &Prototypes,
     g: ArrayView1<f64>,
     o: &RequestOptions,
+    temperature: f64,
     priors: &LogPriors,
 ) -> Scored {
-    let temperature = protos.temperature(o.rule);
     let explicit_log: Vec<f64>;
     let (log_q, prior_used): (&[f64], Option<Vec<f64>>) = match &o.prior {
         Prior::Named(PriorName::Uniform) => (&priors.uniform, None),
@@ -273,7 +318,7 @@ fn score_row(
                 .row(0)
                 .to_vec(),
         };
-        conformal_set(protos, o.rule, request, &balanced, &probs)
+        conformal_set(protos, o.rule, temperature, request, &balanced, &probs)
     });
     Scored {
         rule: o.rule,
@@ -295,17 +340,14 @@ fn score_row(
 fn conformal_set(
     protos: &Prototypes,
     rule: Rule,
+    temperature: f64,
     request: SetRequest,
     balanced: &[f64],
     shown: &[f64],
 ) -> Result<PredictionSet, String> {
     let labels = protos.classes.labels();
-    let scores = protos.conformal.get(&rule).ok_or_else(|| {
-        format!(
-            "prototypes version {} have no conformal scores for rule {rule}",
-            protos.version
-        )
-    })?;
+    let scores = usable_scores(protos, rule, temperature)
+        .map_err(|why| format!("prototypes version {}: {why}", protos.version))?;
     let thresholds = scores
         .thresholds(request.kind, request.coverage, labels)
         .map_err(|e| e.to_string())?;

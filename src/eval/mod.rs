@@ -13,6 +13,9 @@
 //!   the conformal scores that prediction sets are served from.
 //! * With conformal scores (fitted now or in the prototypes), the coverage and size of marginal
 //!   and class-conditional sets at each `--coverage`; always, the risk-coverage of abstention.
+//! * `--encoder-variant int8` runs the INT8 graph model.toml lists, with its own temperatures
+//!   when model.toml gives them (as the server does); fitting prints them as the TOML table to
+//!   put there.
 //!
 //! This file is the orchestration; [`dataset`] reads the folder and subsamples it, [`report`]
 //! prints the table and builds the JSON rows, [`decisions`] grades prediction sets and
@@ -34,7 +37,7 @@ use serde_json::{json, Value};
 
 use crate::encoder::{Encode, Encoder, ProviderChoice, Threads};
 use crate::engine::PriorName;
-use crate::manifest::ModelManifest;
+use crate::manifest::{EncoderVariant, ModelManifest};
 use crate::preprocess::{self, DecodeLimits};
 use crate::prototypes::{self, EncoderShape, Prototypes};
 use crate::vmf::{
@@ -58,6 +61,13 @@ pub struct EvalArgs {
     /// Model directory with model.toml, the encoder and prototypes.json
     #[arg(long, default_value = "models/cifar10-lt")]
     pub model_dir: PathBuf,
+    /// Encoder graph: fp32 | int8 (the server's encoder_variant setting)
+    #[arg(long, env = "PROCO_ENCODER_VARIANT", default_value = "fp32", value_parser = parse_variant)]
+    pub encoder_variant: EncoderVariant,
+    /// Use the prototypes file's temperatures even when model.toml gives the variant its own
+    /// (to measure how the fp32 temperatures hold on the variant's features)
+    #[arg(long)]
+    pub prototypes_temperatures: bool,
     /// Labelled test folder: <DIR>/<label>/*.jpg|*.jpeg|*.png, folder names as the prototypes' labels
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
@@ -120,6 +130,10 @@ pub struct EvalArgs {
     pub threads: usize,
 }
 
+fn parse_variant(s: &str) -> Result<EncoderVariant, String> {
+    s.parse()
+}
+
 /// A prior `eval` can score under: one the server has, or the evaluated set's own label
 /// distribution (the best any prior could do).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,24 +188,50 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.write_prototypes.is_some() && !fits {
         bail!("--write-prototypes needs --fit-temperatures or --fit-conformal");
     }
+    if args.write_prototypes.is_some() && args.encoder_variant != EncoderVariant::Fp32 {
+        bail!("--write-prototypes writes what the fp32 encoder serves; the temperatures of --encoder-variant {} belong in model.toml (fitting prints them), and conformal scores are fitted with the fp32 encoder", args.encoder_variant);
+    }
     if fits && args.write_prototypes.is_none() {
         eprintln!("note: without --write-prototypes the fitted values are used for this run only");
     }
     let mut setup = load(&args)?;
+    // As the server: the variant's own temperatures if model.toml has them, else the file's.
+    let variant_temperatures = setup
+        .manifest
+        .temperatures
+        .clone()
+        .filter(|_| !args.prototypes_temperatures);
+    let temperatures_from = match &variant_temperatures {
+        Some(_) => format!(
+            "model.toml [variants.{}.temperatures]",
+            args.encoder_variant
+        ),
+        None => "prototypes".to_string(),
+    };
     let mut temperatures: HashMap<Rule, f64> = Rule::ALL
         .iter()
-        .map(|&r| (r, setup.protos.temperature(r)))
+        .map(|&r| {
+            let t = variant_temperatures
+                .as_ref()
+                .map_or_else(|| setup.protos.temperature(r), |t| t[&r]);
+            (r, t)
+        })
         .collect();
     if let Some(val_dir) = &args.fit_temperatures {
         fit_temperatures(&mut setup, val_dir, args.batch_size, &mut temperatures)?;
     }
     // Conformal scores: fitted now, or those the prototypes carry (only while the
     // temperatures they were computed at are still the ones used).
-    let mut conformal = if args.fit_temperatures.is_some() {
-        HashMap::new()
-    } else {
-        setup.protos.conformal.clone()
-    };
+    let mut conformal: HashMap<Rule, _> = setup
+        .protos
+        .conformal
+        .iter()
+        .filter(|(rule, _)| setup.protos.conformal_temperature(**rule) == Some(temperatures[rule]))
+        .map(|(rule, scores)| (*rule, scores.clone()))
+        .collect();
+    if conformal.len() < setup.protos.conformal.len() && args.fit_conformal.is_none() {
+        eprintln!("note: the prototypes' conformal scores were computed at other temperatures than this run's (another encoder variant, or refitted): those rules' sets are not graded");
+    }
     let mut calibration = None;
     let mut section = None;
     if let Some(val_dir) = &args.fit_conformal {
@@ -201,8 +241,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         conformal = fitted;
         section = Some(fitted_section);
         calibration = Some(val);
-    } else if args.fit_temperatures.is_some() && !setup.protos.conformal.is_empty() {
-        eprintln!("note: the temperatures changed, so the prototypes' conformal scores no longer hold; they are left out (add --fit-conformal VAL_DIR)");
     }
     if let Some(out) = &args.write_prototypes {
         let version = prototypes::write_calibrated(
@@ -257,7 +295,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let counts = label_counts(&set.labels, classes.num_classes());
         let report = json!({
             "model": setup.manifest.name, "prototypes_version": setup.protos.version, "data": data.display().to_string(),
-            "provider": setup.encoder.provider(), "images": set.labels.len(), "skipped": set.skipped,
+            "provider": setup.encoder.provider(), "encoder_variant": args.encoder_variant,
+            "temperatures_from": if args.fit_temperatures.is_some() { "refitted" } else { temperatures_from.as_str() },
+            "images": set.labels.len(), "skipped": set.skipped,
             "per_class": per_label(classes.labels(), &counts), "shift": shift_info,
             "temperatures": Rule::ALL.iter().map(|r| (r.to_string(), json!(temperatures[r]))).collect::<serde_json::Map<_, _>>(),
             "temperatures_refitted": args.fit_temperatures.is_some(),
@@ -287,7 +327,7 @@ fn load(args: &EvalArgs) -> anyhow::Result<Setup> {
     } else {
         args.rule.clone()
     };
-    let manifest = ModelManifest::load(&args.model_dir)?;
+    let manifest = ModelManifest::load_variant(&args.model_dir, args.encoder_variant)?;
     let protos = Prototypes::load(&manifest.prototypes_path)?;
     let threads = Threads {
         intra: args.threads,
@@ -341,6 +381,18 @@ fn fit_temperatures(
         );
         temperatures.insert(rule, t);
     }
+    if setup.manifest.variant != EncoderVariant::Fp32 {
+        // A variant's temperatures live in model.toml, not in the prototypes file.
+        eprintln!(
+            "for model.toml:\n[variants.{}]\ntemperatures = {{ {} }}",
+            setup.manifest.variant,
+            Rule::ALL
+                .iter()
+                .map(|r| format!("{r} = {}", temperatures[r]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -374,9 +426,10 @@ fn encode_test_set(
     }
     let set = encode(setup, &items, args.batch_size, "test")?;
     println!(
-        "model {} (prototypes {}), {} images from {}, encoder on {}",
+        "model {} (prototypes {}, encoder {}), {} images from {}, encoder on {}",
         setup.manifest.name,
         setup.protos.version,
+        setup.manifest.variant,
         set.labels.len(),
         data.display(),
         setup.encoder.provider()

@@ -372,7 +372,10 @@ fn parse_query(
     match (coverage, set_kind) {
         (Some(level), kind) => {
             let request = SetRequest::parse(&level, kind.as_deref()).map_err(set_error)?;
-            request.check(&protos, options.rule).map_err(set_error)?;
+            let temperature = serving.engine.temperature(&protos, options.rule);
+            request
+                .check(&protos, options.rule, temperature)
+                .map_err(set_error)?;
             options.set = Some(request);
         }
         (None, Some(_)) => {

@@ -42,7 +42,12 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
         .collect();
     let temperatures: serde_json::Map<String, serde_json::Value> = Rule::ALL
         .iter()
-        .map(|r| (r.to_string(), json!(protos.temperature(*r))))
+        .map(|r| {
+            (
+                r.to_string(),
+                json!(serving.engine.temperature(&protos, *r)),
+            )
+        })
         .collect();
     let c = &state.config;
     Ok(Json(json!({
@@ -61,6 +66,13 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
         "alpha": cm.alpha(),
         "rules": protos.available_rules().iter().map(|r| r.to_string()).collect::<Vec<_>>(),
         "temperatures": temperatures,
+        "temperatures_from": if serving.manifest.temperatures.is_some() {
+            format!("model.toml [variants.{}.temperatures]", serving.manifest.variant)
+        } else {
+            "prototypes".to_string()
+        },
+        "encoder_variant": serving.manifest.variant,
+        "encoder_variants": serving.manifest.variants,
         "prototypes_version": protos.version,
         "prototypes_default_rule": protos.default_rule,
         "default_rule": c.default_rule,
@@ -108,6 +120,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
                 "provider": s.provider.active,
                 "requested_provider": s.provider.requested,
                 "model": s.manifest.name,
+                "encoder_variant": s.manifest.variant,
                 "prototypes_version": s.store.snapshot().version,
             }))
             .into_response()

@@ -249,7 +249,8 @@ pub async fn infer(
         &request.decisions,
     )?;
     let mut options = options(state, serving, &request.rule, &request.prior, &wanted, c)?;
-    decide(&mut options, &request.decisions, &protos)?;
+    let temperature = serving.engine.temperature(&protos, options.rule);
+    decide(&mut options, &request.decisions, &protos, temperature)?;
     let [input]: [InputTensor; 1] = request.inputs.try_into().map_err(|inputs: Vec<_>| {
         OipError::Invalid(format!(
             "give exactly one input, {IMAGE_INPUT:?} (BYTES) or {PIXELS_INPUT:?} (FP32); got {}",
@@ -365,13 +366,14 @@ fn decide(
     options: &mut RequestOptions,
     decisions: &DecisionParameters,
     protos: &crate::prototypes::Prototypes,
+    temperature: f64,
 ) -> Result<(), OipError> {
     match (decisions.coverage, &decisions.set) {
         (Some(level), kind) => {
             let request = engine::SetRequest::parse(&level.to_string(), kind.as_deref())
                 .map_err(|e| OipError::Invalid(e.to_string()))?;
             request
-                .check(protos, options.rule)
+                .check(protos, options.rule, temperature)
                 .map_err(|e| OipError::Invalid(e.to_string()))?;
             options.set = Some(request);
         }

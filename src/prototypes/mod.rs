@@ -266,6 +266,13 @@ impl Prototypes {
         })
     }
 
+    /// The temperature a rule's conformal scores were computed at, when it has usable ones.
+    pub fn conformal_temperature(&self, rule: Rule) -> Option<f64> {
+        self.conformal.get(&rule)?;
+        let section = self.document.conformal.as_ref()?;
+        section.rules.get(rule.as_str()).map(|r| r.temperature)
+    }
+
     /// Temperature of a rule (every rule has one after validation).
     pub fn temperature(&self, rule: Rule) -> f64 {
         self.temperatures.get(&rule).copied().unwrap_or(1.0)
