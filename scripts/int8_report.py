@@ -39,7 +39,7 @@ $B eval --data data/test --report models/cifar10-lt/eval/fp32-test.json
 $B eval --data data/test --encoder-variant int8 --prototypes-temperatures --report models/cifar10-lt/eval/int8-test-fp32-temperatures.json
 $B eval --data data/test --encoder-variant int8 --report models/cifar10-lt/eval/int8-test.json
 .venv/bin/python scripts/bench_int8.py --rounds 3 --seconds 4 --json benches/results/int8/raw.json
-scripts/bench-int8-server.sh benches/results/int8
+scripts/bench-int8-server.sh benches/results/int8 target/release/proco-serve 4
 python3 scripts/int8_report.py
 ```"""
 
@@ -162,7 +162,7 @@ def server_section(lines):
         lines += ["## The server under load", "", "Not measured.", ""]
         return {}
     lines += ["## The server under load", "",
-              "`scripts/bench-int8-server.sh`: the release server started with `--encoder-variant fp32` and then "
+              "`scripts/bench-int8-server.sh`: the release server (gRPC off) started with `--encoder-variant fp32` and then "
               "`int8` (order alternating between rounds), closed-loop `scripts/loadtest.py` clients sending the 40 "
               "fixture JPEGs to `/v1/classify` (default rule `ensemble`, uniform prior); client and server share "
               "the machine's CPUs.", "",
