@@ -10,7 +10,8 @@
 //!
 //! Beside the path: `config` (settings), `reload` (hot reload of the prototypes),
 //! `prototypes` (the class distributions and their store), `preprocess` (bytes to tensor),
-//! `manifest` (model.toml), `telemetry` (metrics and logs), and `eval` (the offline command).
+//! `manifest` (model.toml), `telemetry` (metrics and logs), `eval` (the offline command), and
+//! `fuzzing` (the parsers of untrusted bytes behind one entry each, for the fuzz targets).
 
 pub mod app;
 pub mod batcher;
@@ -18,6 +19,8 @@ pub mod config;
 pub mod encoder;
 pub mod engine;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod infer;

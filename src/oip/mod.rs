@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::batcher::BatchError;
-use crate::engine::{self, Prior, RequestOptions};
+use crate::engine::{self, Prior, PriorName, RequestOptions};
 use crate::infer::{Classified, ImageInput, InferError};
 use crate::state::{AppState, Serving};
 use crate::vmf::Rule;
@@ -212,6 +212,59 @@ pub fn find_model(
     Ok(serving)
 }
 
+/// What a request is checked against: the prototypes served now and the server's settings.
+pub struct Served {
+    /// Classes of the prototypes served.
+    pub classes: usize,
+    /// The rules those prototypes can answer with.
+    pub available_rules: Vec<Rule>,
+    pub default_rule: Rule,
+    pub default_prior: PriorName,
+    /// `max_images_per_request`.
+    pub max_images: usize,
+    /// The encoder's input (height, width).
+    pub input_size: (usize, usize),
+}
+
+/// A request that passed every check, ready for the front layer.
+pub struct Checked {
+    pub id: Option<String>,
+    pub input: InputTensor,
+    /// Images in the input, 1 to `max_images`.
+    pub n: usize,
+    pub wanted: Vec<RequestedOutput>,
+    pub options: RequestOptions,
+}
+
+/// Checks a parsed request against what is served, without running it: outputs, parameters,
+/// the one input's name, datatype, shape and size. Pure, so the fuzz targets run it too.
+pub fn check(request: InferRequest, served: &Served) -> Result<Checked, OipError> {
+    let c = served.classes;
+    let wanted = wanted_outputs(request.outputs, request.binary_output, c)?;
+    let options = options(served, &request.rule, &request.prior, &wanted)?;
+    let [input]: [InputTensor; 1] = request.inputs.try_into().map_err(|inputs: Vec<_>| {
+        OipError::Invalid(format!(
+            "give exactly one input, {IMAGE_INPUT:?} (BYTES) or {PIXELS_INPUT:?} (FP32); got {}",
+            inputs.len()
+        ))
+    })?;
+    let n = batch_size(&input, served.max_images)?;
+    let (h, w) = served.input_size;
+    if input.name == PIXELS_INPUT && input.shape[2..] != [h as i64, w as i64] {
+        return Err(OipError::Invalid(format!(
+            "input {PIXELS_INPUT:?} must be [N,3,{h},{w}] (the encoder's input size); got {:?}",
+            input.shape
+        )));
+    }
+    Ok(Checked {
+        id: request.id,
+        input,
+        n,
+        wanted,
+        options,
+    })
+}
+
 /// Runs one inference request through the front layer.
 pub async fn infer(
     state: &AppState,
@@ -219,23 +272,21 @@ pub async fn infer(
     request: InferRequest,
 ) -> Result<InferResponse, OipError> {
     let protos = serving.store.snapshot();
-    let c = protos.classes.num_classes();
-    let wanted = wanted_outputs(request.outputs, request.binary_output, c)?;
-    let options = options(state, serving, &request.rule, &request.prior, &wanted, c)?;
-    let [input]: [InputTensor; 1] = request.inputs.try_into().map_err(|inputs: Vec<_>| {
-        OipError::Invalid(format!(
-            "give exactly one input, {IMAGE_INPUT:?} (BYTES) or {PIXELS_INPUT:?} (FP32); got {}",
-            inputs.len()
-        ))
-    })?;
-    let n = batch_size(&input, state.config.max_images_per_request)?;
-    let (h, w) = serving.infer.input_size();
-    if input.name == PIXELS_INPUT && input.shape[2..] != [h as i64, w as i64] {
-        return Err(OipError::Invalid(format!(
-            "input {PIXELS_INPUT:?} must be [N,3,{h},{w}] (the encoder's input size); got {:?}",
-            input.shape
-        )));
-    }
+    let served = Served {
+        classes: protos.classes.num_classes(),
+        available_rules: protos.available_rules(),
+        default_rule: state.config.default_rule,
+        default_prior: serving.default_prior,
+        max_images: state.config.max_images_per_request,
+        input_size: serving.infer.input_size(),
+    };
+    let Checked {
+        id,
+        input,
+        n,
+        wanted,
+        options,
+    } = check(request, &served)?;
     let classified = match input.data {
         TensorData::Bytes(images) if input.name == IMAGE_INPUT => {
             let images = images
@@ -262,7 +313,7 @@ pub async fn infer(
             ))
         }
     };
-    Ok(response(serving, request.id, classified, &wanted, n))
+    Ok(response(serving, id, classified, &wanted, n))
 }
 
 /// The number of images in the input, after checking its name, datatype, shape and size.
@@ -372,14 +423,12 @@ fn wanted_outputs(
 /// The engine options: the `rule` and `prior` parameters over the server's defaults, and only
 /// the extra outputs asked for.
 fn options(
-    state: &AppState,
-    serving: &Serving,
+    served: &Served,
     rule: &Option<String>,
     prior: &Option<String>,
     wanted: &[RequestedOutput],
-    classes: usize,
 ) -> Result<RequestOptions, OipError> {
-    let available = serving.store.snapshot().available_rules();
+    let available = &served.available_rules;
     let rule = match rule {
         Some(r) => {
             let rule = r
@@ -393,12 +442,12 @@ fn options(
             }
             rule
         }
-        None if available.contains(&state.config.default_rule) => state.config.default_rule,
+        None if available.contains(&served.default_rule) => served.default_rule,
         None => Rule::Proco,
     };
     let prior = match prior {
-        Some(p) => Prior::parse(p, classes).map_err(OipError::Invalid)?,
-        None => Prior::Named(serving.default_prior),
+        Some(p) => Prior::parse(p, served.classes).map_err(OipError::Invalid)?,
+        None => Prior::Named(served.default_prior),
     };
     Ok(RequestOptions {
         rule,
