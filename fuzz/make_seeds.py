@@ -41,13 +41,11 @@ def bmp(width, height):
     return header + info + pixels
 
 
-# A 2x2 GIF89a: two-colour palette, LZW minimum code size 2.
-GIF = bytes.fromhex(
-    "474946383961020002008000000000ffffff"  # header, screen 2x2, global table of 2
-    "2c00000000020002000002"  # image descriptor 2x2, LZW min code size 2
-    "038c0f05"  # 3 bytes of LZW data: clear, 0,1,1,0, end
-    "003b"  # block terminator, trailer
-)
+# A 1x1 GIF89a: a two-colour global table, a graphic control extension (transparency), the
+# image descriptor and its LZW data (minimum code size 2), the trailer.
+GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00"
+       b"!\xf9\x04\x01\x00\x00\x00\x00"
+       b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
 
 
 def jpeg_with_orientation(jpeg, orientation):
@@ -69,7 +67,7 @@ def images():
     write("image", "palette_3x1.png", png(3, 1, 3, 8, [b"\x00\x01\x02"], palette=b"\xff\x00\x00\x00\xff\x00\x00\x00\xff"))
     write("image", "interlaced_4x4.png", png(4, 4, 0, 8, [bytes(4)] * 4, interlace=1))
     write("image", "rgb_4x3.bmp", bmp(4, 3))
-    write("image", "bw_2x2.gif", GIF)
+    write("image", "transparent_1x1.gif", GIF)
 
 
 def multipart():

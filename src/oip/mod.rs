@@ -354,7 +354,9 @@ fn batch_size(input: &InputTensor, max_images: usize) -> Result<usize, OipError>
                     input.datatype, input.shape
                 ));
             }
-            if values.len() != dims.iter().product::<usize>() {
+            // Checked: a shape like [2^62, 3, 32, 32] overflows the product.
+            let size = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if size != Some(values.len()) {
                 return invalid(format!(
                     "input {PIXELS_INPUT:?} has shape {:?} but {} values",
                     input.shape,
@@ -558,5 +560,52 @@ fn output_tensor(
             data: OutputData::Fp32(values.iter().flatten().map(|v| *v as f32).collect()),
             binary: out.binary,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served() -> Served {
+        Served {
+            classes: 10,
+            available_rules: Rule::ALL.to_vec(),
+            default_rule: Rule::Ensemble,
+            default_prior: PriorName::Uniform,
+            max_images: 64,
+            input_size: (32, 32),
+        }
+    }
+
+    fn pixels(shape: Vec<i64>, values: usize) -> InferRequest {
+        InferRequest {
+            id: None,
+            inputs: vec![InputTensor {
+                name: PIXELS_INPUT.into(),
+                datatype: "FP32".into(),
+                shape,
+                data: TensorData::Fp32(vec![0.5; values]),
+            }],
+            outputs: None,
+            rule: None,
+            prior: None,
+            binary_output: false,
+        }
+    }
+
+    /// The element count of a shape whose product overflows is refused, not a panic (debug
+    /// builds) or a wrapped count (release builds). Found while writing the OIP fuzz target
+    /// (fuzz/regressions/oip_request/).
+    #[test]
+    fn a_shape_whose_size_overflows_is_refused() {
+        for shape in [vec![1 << 62, 3, 32, 32], vec![1, 3, 1 << 62, 1 << 62]] {
+            let Err(OipError::Invalid(message)) = check(pixels(shape, 0), &served()) else {
+                panic!("accepted");
+            };
+            assert!(message.contains("but 0 values"), "{message}");
+        }
+        let ok = check(pixels(vec![2, 3, 32, 32], 2 * 3 * 32 * 32), &served());
+        assert_eq!(ok.map(|c| c.n).ok(), Some(2));
     }
 }
