@@ -83,7 +83,11 @@ pub fn multipart(data: &[u8]) -> Result<String, String> {
         .into_parts();
     let max_images = config().max_images_per_request;
     let images = runtime()
-        .block_on(body::images(parts, Bytes::copy_from_slice(rest), max_images))
+        .block_on(body::images(
+            parts,
+            Bytes::copy_from_slice(rest),
+            max_images,
+        ))
         .map_err(|e| {
             assert!(e.status().is_client_error(), "{e} is not a 4xx");
             e.to_string()

@@ -56,7 +56,11 @@ fn accepts_seed(entry: Entry, target: &str, seed: &str) {
 fn image_inputs_replay() {
     let (accepted, refused) = replay("image", fuzzing::image);
     assert!(accepted > 0 && refused > 0, "{accepted} {refused}");
-    for seed in ["00_airplane_0000.jpg", "exif_orientation_6.jpg", "rgba16_2x2.png"] {
+    for seed in [
+        "00_airplane_0000.jpg",
+        "exif_orientation_6.jpg",
+        "rgba16_2x2.png",
+    ] {
         accepts_seed(fuzzing::image, "image", seed);
     }
     accepts_seed(fuzzing::image, "image", "rgb_4x3.bmp");
