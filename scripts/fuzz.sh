@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers that see untrusted bytes (fuzz/, cargo-fuzz with AddressSanitizer), one
-# target at a time, then minimises each corpus into fuzz/corpus/<target>/ and writes the
+# target at a time, then minimises each corpus into fuzz/corpus/<target>/ (inputs of at most
+# 8 KiB kept, fuzz/trim_corpus.py) and writes the
 # figures of the logs (fuzz/logs/<target>.log) to fuzz/RESULTS.md.
 #
 #   scripts/fuzz.sh [SECONDS_EACH]        (default 600; TARGETS="query image" to pick)
@@ -61,6 +62,8 @@ for t in $TARGETS; do
         >"fuzz/logs/$t.cmin.log" 2>&1
     rm -rf "fuzz/corpus/$t"
     mv "fuzz/corpus/$t.new" "fuzz/corpus/$t"
+    # Only inputs of at most 8 KiB are committed (the large real files are seeds already).
+    python3 fuzz/trim_corpus.py "$t" 8192
 done
 python3 fuzz/results.py >fuzz/RESULTS.md
 cat fuzz/RESULTS.md
