@@ -11,7 +11,8 @@
 //! Beside the path: `config` (settings), `reload` (hot reload of the prototypes),
 //! `prototypes` (the class distributions and their store), `preprocess` (bytes to tensor),
 //! `manifest` (model.toml), `telemetry` (metrics and logs), `feedback` (answers awaiting
-//! their true label, and the metrics of those labelled), and `eval` (the offline command).
+//! their true label, and the metrics of those labelled), `eval` (the offline command), and
+//! `fuzzing` (the parsers of untrusted bytes behind one entry each, for the fuzz targets).
 
 pub mod app;
 pub mod batcher;
@@ -20,6 +21,8 @@ pub mod encoder;
 pub mod engine;
 pub mod eval;
 pub mod feedback;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod infer;

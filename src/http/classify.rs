@@ -25,7 +25,9 @@ use serde::Serialize;
 
 use super::access::AccessInfo;
 use super::{body, ApiError};
-use crate::engine::{Prediction, PredictionSet, Prior, RequestOptions, SetError, SetRequest};
+use crate::engine::{
+    Prediction, PredictionSet, Prior, PriorName, RequestOptions, SetError, SetRequest,
+};
 use crate::infer::{Classified, ImageInput};
 use crate::state::{AppState, Serving};
 use crate::vmf::Rule;
@@ -308,15 +310,46 @@ fn parse_query(
     state: &AppState,
     serving: &Serving,
 ) -> Result<RequestOptions, ApiError> {
-    let pairs: Vec<(String, String)> = body::query_pairs(query)?;
     // The class count and the rules that can answer are those of the prototypes served now
     // (learning may have added or removed classes since start-up).
     let protos = serving.store.snapshot();
-    let c = protos.classes.num_classes();
-    let available = protos.available_rules();
+    let context = QueryContext {
+        default_rule: state.config.default_rule,
+        default_prior: serving.default_prior,
+        classes: protos.classes.num_classes(),
+        available_rules: protos.available_rules(),
+        prototypes_version: protos.version.clone(),
+    };
+    let options = parse_options(query, &context)?;
+    // A prediction set needs scores that describe the probabilities served.
+    if let Some(request) = &options.set {
+        let temperature = serving.engine.temperature(&protos, options.rule);
+        request
+            .check(&protos, options.rule, temperature)
+            .map_err(set_error)?;
+    }
+    Ok(options)
+}
+
+/// What the query of one request is parsed against: the server's defaults and the prototypes
+/// served now.
+pub struct QueryContext {
+    pub default_rule: Rule,
+    pub default_prior: PriorName,
+    pub classes: usize,
+    pub available_rules: Vec<Rule>,
+    /// Named in the error when a rule cannot answer.
+    pub prototypes_version: String,
+}
+
+/// Parses a `/v1/classify` query string into engine options (pure, so the fuzz targets run it).
+pub fn parse_options(query: &str, context: &QueryContext) -> Result<RequestOptions, ApiError> {
+    let pairs: Vec<(String, String)> = body::query_pairs(query)?;
+    let c = context.classes;
+    let available = &context.available_rules;
     let mut options = RequestOptions {
-        rule: state.config.default_rule,
-        prior: Prior::Named(serving.default_prior),
+        rule: context.default_rule,
+        prior: Prior::Named(context.default_prior),
         top_k: DEFAULT_TOP_K.min(c),
         posterior: false,
         logits: false,
@@ -361,7 +394,7 @@ fn parse_query(
             return Err(ApiError::RuleUnavailable(format!(
                 "rule {} needs the encoder's linear head, which does not know every class of prototypes version {}; use one of: {}",
                 options.rule,
-                protos.version,
+                context.prototypes_version,
                 names.join(", ")
             )));
         }
@@ -371,12 +404,7 @@ fn parse_query(
     }
     match (coverage, set_kind) {
         (Some(level), kind) => {
-            let request = SetRequest::parse(&level, kind.as_deref()).map_err(set_error)?;
-            let temperature = serving.engine.temperature(&protos, options.rule);
-            request
-                .check(&protos, options.rule, temperature)
-                .map_err(set_error)?;
-            options.set = Some(request);
+            options.set = Some(SetRequest::parse(&level, kind.as_deref()).map_err(set_error)?);
         }
         (None, Some(_)) => {
             return Err(ApiError::InvalidCoverage(

@@ -38,7 +38,7 @@ pub struct V2ErrorBody {
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// An OIP error answer: a status and `{"error": "<message>"}`.
-pub struct V2Error(OipError);
+pub struct V2Error(pub OipError);
 
 impl From<OipError> for V2Error {
     fn from(e: OipError) -> Self {
@@ -235,7 +235,9 @@ fn model_path(path: &[(String, String)]) -> (&str, Option<&str>) {
     (get("name").unwrap_or(""), get("version"))
 }
 
-fn parse_request(headers: &HeaderMap, body: Bytes) -> Result<InferRequest, V2Error> {
+/// Parses an infer request body: JSON, JSON then binary tensor data, or the raw binary form, as
+/// the `Inference-Header-Content-Length` header says.
+pub fn parse_request(headers: &HeaderMap, body: Bytes) -> Result<InferRequest, V2Error> {
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::batcher::BatchError;
-use crate::engine::{self, Prior, RequestOptions};
+use crate::engine::{self, Prior, PriorName, RequestOptions};
 use crate::infer::{Classified, ImageInput, InferError};
 use crate::state::{AppState, Serving};
 use crate::vmf::Rule;
@@ -234,6 +234,65 @@ pub fn find_model(
     Ok(serving)
 }
 
+/// What a request is checked against: the prototypes served now and the server's settings.
+pub struct Served {
+    /// Classes of the prototypes served.
+    pub classes: usize,
+    /// The rules those prototypes can answer with.
+    pub available_rules: Vec<Rule>,
+    pub default_rule: Rule,
+    pub default_prior: PriorName,
+    /// `max_images_per_request`.
+    pub max_images: usize,
+    /// The encoder's input (height, width).
+    pub input_size: (usize, usize),
+}
+
+/// A request that passed every check, ready for the front layer.
+pub struct Checked {
+    pub id: Option<String>,
+    pub input: InputTensor,
+    /// Images in the input, 1 to `max_images`.
+    pub n: usize,
+    pub wanted: Vec<RequestedOutput>,
+    pub options: RequestOptions,
+}
+
+/// Checks a parsed request against what is served, without running it: outputs, parameters,
+/// the one input's name, datatype, shape and size. Pure, so the fuzz targets run it too.
+pub fn check(request: InferRequest, served: &Served) -> Result<Checked, OipError> {
+    let c = served.classes;
+    let wanted = wanted_outputs(
+        request.outputs,
+        request.binary_output,
+        c,
+        &request.decisions,
+    )?;
+    let mut options = options(served, &request.rule, &request.prior, &wanted)?;
+    decide(&mut options, &request.decisions)?;
+    let [input]: [InputTensor; 1] = request.inputs.try_into().map_err(|inputs: Vec<_>| {
+        OipError::Invalid(format!(
+            "give exactly one input, {IMAGE_INPUT:?} (BYTES) or {PIXELS_INPUT:?} (FP32); got {}",
+            inputs.len()
+        ))
+    })?;
+    let n = batch_size(&input, served.max_images)?;
+    let (h, w) = served.input_size;
+    if input.name == PIXELS_INPUT && input.shape[2..] != [h as i64, w as i64] {
+        return Err(OipError::Invalid(format!(
+            "input {PIXELS_INPUT:?} must be [N,3,{h},{w}] (the encoder's input size); got {:?}",
+            input.shape
+        )));
+    }
+    Ok(Checked {
+        id: request.id,
+        input,
+        n,
+        wanted,
+        options,
+    })
+}
+
 /// Runs one inference request through the front layer.
 pub async fn infer(
     state: &AppState,
@@ -241,29 +300,26 @@ pub async fn infer(
     request: InferRequest,
 ) -> Result<InferResponse, OipError> {
     let protos = serving.store.snapshot();
-    let c = protos.classes.num_classes();
-    let wanted = wanted_outputs(
-        request.outputs,
-        request.binary_output,
-        c,
-        &request.decisions,
-    )?;
-    let mut options = options(state, serving, &request.rule, &request.prior, &wanted, c)?;
-    let temperature = serving.engine.temperature(&protos, options.rule);
-    decide(&mut options, &request.decisions, &protos, temperature)?;
-    let [input]: [InputTensor; 1] = request.inputs.try_into().map_err(|inputs: Vec<_>| {
-        OipError::Invalid(format!(
-            "give exactly one input, {IMAGE_INPUT:?} (BYTES) or {PIXELS_INPUT:?} (FP32); got {}",
-            inputs.len()
-        ))
-    })?;
-    let n = batch_size(&input, state.config.max_images_per_request)?;
-    let (h, w) = serving.infer.input_size();
-    if input.name == PIXELS_INPUT && input.shape[2..] != [h as i64, w as i64] {
-        return Err(OipError::Invalid(format!(
-            "input {PIXELS_INPUT:?} must be [N,3,{h},{w}] (the encoder's input size); got {:?}",
-            input.shape
-        )));
+    let served = Served {
+        classes: protos.classes.num_classes(),
+        available_rules: protos.available_rules(),
+        default_rule: state.config.default_rule,
+        default_prior: serving.default_prior,
+        max_images: state.config.max_images_per_request,
+        input_size: serving.infer.input_size(),
+    };
+    let Checked {
+        id,
+        input,
+        n,
+        wanted,
+        options,
+    } = check(request, &served)?;
+    // A prediction set needs scores that describe the probabilities served.
+    if let Some(set) = &options.set {
+        let temperature = serving.engine.temperature(&protos, options.rule);
+        set.check(&protos, options.rule, temperature)
+            .map_err(|e| OipError::Invalid(e.to_string()))?;
     }
     let classified = match input.data {
         TensorData::Bytes(images) if input.name == IMAGE_INPUT => {
@@ -291,7 +347,7 @@ pub async fn infer(
             ))
         }
     };
-    Ok(response(serving, request.id, classified, &wanted, n))
+    Ok(response(serving, id, classified, &wanted, n))
 }
 
 /// The number of images in the input, after checking its name, datatype, shape and size.
@@ -332,7 +388,9 @@ fn batch_size(input: &InputTensor, max_images: usize) -> Result<usize, OipError>
                     input.datatype, input.shape
                 ));
             }
-            if values.len() != dims.iter().product::<usize>() {
+            // Checked: a shape like [2^62, 3, 32, 32] overflows the product.
+            let size = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if size != Some(values.len()) {
                 return invalid(format!(
                     "input {PIXELS_INPUT:?} has shape {:?} but {} values",
                     input.shape,
@@ -361,19 +419,12 @@ fn batch_size(input: &InputTensor, max_images: usize) -> Result<usize, OipError>
     Ok(n)
 }
 
-/// The coverage level, set kind and abstention threshold, checked against the prototypes.
-fn decide(
-    options: &mut RequestOptions,
-    decisions: &DecisionParameters,
-    protos: &crate::prototypes::Prototypes,
-    temperature: f64,
-) -> Result<(), OipError> {
+/// The coverage level, set kind and abstention threshold, as parameters (whether the
+/// prototypes can serve the set is checked by [`infer`]).
+fn decide(options: &mut RequestOptions, decisions: &DecisionParameters) -> Result<(), OipError> {
     match (decisions.coverage, &decisions.set) {
         (Some(level), kind) => {
             let request = engine::SetRequest::parse(&level.to_string(), kind.as_deref())
-                .map_err(|e| OipError::Invalid(e.to_string()))?;
-            request
-                .check(protos, options.rule, temperature)
                 .map_err(|e| OipError::Invalid(e.to_string()))?;
             options.set = Some(request);
         }
@@ -461,14 +512,12 @@ fn wanted_outputs(
 /// The engine options: the `rule` and `prior` parameters over the server's defaults, and only
 /// the extra outputs asked for.
 fn options(
-    state: &AppState,
-    serving: &Serving,
+    served: &Served,
     rule: &Option<String>,
     prior: &Option<String>,
     wanted: &[RequestedOutput],
-    classes: usize,
 ) -> Result<RequestOptions, OipError> {
-    let available = serving.store.snapshot().available_rules();
+    let available = &served.available_rules;
     let rule = match rule {
         Some(r) => {
             let rule = r
@@ -482,12 +531,12 @@ fn options(
             }
             rule
         }
-        None if available.contains(&state.config.default_rule) => state.config.default_rule,
+        None if available.contains(&served.default_rule) => served.default_rule,
         None => Rule::Proco,
     };
     let prior = match prior {
-        Some(p) => Prior::parse(p, classes).map_err(OipError::Invalid)?,
-        None => Prior::Named(serving.default_prior),
+        Some(p) => Prior::parse(p, served.classes).map_err(OipError::Invalid)?,
+        None => Prior::Named(served.default_prior),
     };
     Ok(RequestOptions {
         rule,
@@ -630,5 +679,53 @@ fn output_tensor(
             data: OutputData::Fp32(values.iter().flatten().map(|v| *v as f32).collect()),
             binary: out.binary,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served() -> Served {
+        Served {
+            classes: 10,
+            available_rules: Rule::ALL.to_vec(),
+            default_rule: Rule::Ensemble,
+            default_prior: PriorName::Uniform,
+            max_images: 64,
+            input_size: (32, 32),
+        }
+    }
+
+    fn pixels(shape: Vec<i64>, values: usize) -> InferRequest {
+        InferRequest {
+            id: None,
+            inputs: vec![InputTensor {
+                name: PIXELS_INPUT.into(),
+                datatype: "FP32".into(),
+                shape,
+                data: TensorData::Fp32(vec![0.5; values]),
+            }],
+            outputs: None,
+            rule: None,
+            prior: None,
+            decisions: Default::default(),
+            binary_output: false,
+        }
+    }
+
+    /// The element count of a shape whose product overflows is refused, not a panic (debug
+    /// builds) or a wrapped count (release builds). Found while writing the OIP fuzz target
+    /// (fuzz/regressions/oip_request/).
+    #[test]
+    fn a_shape_whose_size_overflows_is_refused() {
+        for shape in [vec![1 << 62, 3, 32, 32], vec![1, 3, 1 << 62, 1 << 62]] {
+            let Err(OipError::Invalid(message)) = check(pixels(shape, 0), &served()) else {
+                panic!("accepted");
+            };
+            assert!(message.contains("but 0 values"), "{message}");
+        }
+        let ok = check(pixels(vec![2, 3, 32, 32], 2 * 3 * 32 * 32), &served());
+        assert_eq!(ok.map(|c| c.n).ok(), Some(2));
     }
 }

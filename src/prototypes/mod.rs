@@ -139,7 +139,10 @@ impl Document {
         self.schema_version = SCHEMA_VERSION;
         for class in &mut self.classes {
             if class.sum.is_none() {
-                let scale = class.count * class.mean_resultant_length;
+                // mu is unit only within 1e-6 (what the reader allows), but a v2 sum must agree
+                // with R to 1e-9: scale the unit direction, not mu itself.
+                let norm = class.mu.iter().map(|m| m * m).sum::<f64>().sqrt();
+                let scale = class.count * class.mean_resultant_length / norm;
                 class.sum = Some(class.mu.iter().map(|m| m * scale).collect());
             }
             class.source.get_or_insert(Source::Training);

@@ -203,3 +203,17 @@ fn conformal_scores_must_fit_the_classes_and_temperatures() {
         "unknown field",
     );
 }
+
+/// A v1 file's mean directions need be unit only within 1e-6, but upgrading derives each
+/// class's `sum` from `mu`, and a v2 `sum` must agree with R to 1e-9: a learning request on such
+/// a file would write one the server refuses (found by the fuzz target's round trip).
+#[test]
+fn a_v1_document_with_nearly_unit_mu_upgrades_to_one_that_reads_back() {
+    let mut doc = tiny_document(1.0);
+    doc["classes"][0]["mu"] = json!([1.0 + 5e-7, 0.0]);
+    doc["classes"][1]["mu"] = json!([0.0, 1.0 - 8e-7]);
+    let v1 = parse(&doc).unwrap();
+    let v2 = Prototypes::from_slice(&v1.document.clone().upgraded().to_bytes()).unwrap();
+    assert_eq!(v2.mean_resultant_length, v1.mean_resultant_length);
+    assert_eq!(v2.head_columns(), Some(vec![0, 1]));
+}

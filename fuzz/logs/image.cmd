@@ -1,0 +1,1 @@
+-max_len=65536 -malloc_limit_mb=320 -rss_limit_mb=2048 -timeout=20 -max_total_time=600

@@ -1,0 +1,1 @@
+-max_len=65536 -malloc_limit_mb=8 -rss_limit_mb=1024 -timeout=10 -max_total_time=600
