@@ -117,6 +117,10 @@ def test_configmap_holds_the_bundled_model():
     theirs = tomllib.loads((ROOT / "models/cifar10-lt/model.toml").read_text())
     assert mine["encoder"].endswith("/" + theirs["encoder"])
     mine.pop("encoder"), theirs.pop("encoder")
+    # Encoder variants too: the same files, by absolute path in the image.
+    assert set(mine.get("variants", {})) == set(theirs.get("variants", {}))
+    for name, variant in theirs.get("variants", {}).items():
+        assert mine["variants"][name].pop("encoder").endswith("/" + variant.pop("encoder"))
     assert mine == theirs
     # The encoder path is where the Containerfile puts the bundled model.
     assert mine and "/opt/proco/models/cifar10-lt/\n" in (DEPLOY / "Containerfile").read_text()
