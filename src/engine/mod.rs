@@ -34,7 +34,7 @@ pub struct RequestOptions {
     pub prior: Prior,
     /// Already clamped to 1..=C.
     pub top_k: usize,
-    /// Return the full posterior vector.
+    /// Return the full posterior vector (the adapters show [`Scored::probabilities`]).
     pub posterior: bool,
     /// Return the rule's balanced logits g (before temperature and prior).
     pub logits: bool,
@@ -53,6 +53,17 @@ pub struct SetRequest {
     pub kind: SetKind,
 }
 
+/// The `abstain_below` request parameter: a probability in [0, 1].
+pub fn abstain_threshold(t: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&t) {
+        Ok(t)
+    } else {
+        Err(format!(
+            "abstain_below {t} is not a probability between 0 and 1"
+        ))
+    }
+}
+
 /// Why a prediction set cannot be served.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum SetError {
@@ -65,6 +76,22 @@ pub enum SetError {
 }
 
 impl SetRequest {
+    /// The set the `coverage` and `set` request parameters ask for, if any: `set` alone is
+    /// refused, since it names the kind of a set without its level.
+    pub fn from_parameters(
+        coverage: Option<&str>,
+        kind: Option<&str>,
+    ) -> Result<Option<Self>, SetError> {
+        match (coverage, kind) {
+            (Some(level), kind) => Self::parse(level, kind).map(Some),
+            (None, Some(_)) => Err(SetError::Invalid(
+                "set names the kind of a prediction set; give its level too, e.g. coverage=0.9"
+                    .into(),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// From the `coverage` and `set` request parameters (kind defaults to class-conditional,
     /// the one whose guarantee holds for every class and under label shift).
     pub fn parse(coverage: &str, kind: Option<&str>) -> Result<Self, SetError> {
@@ -144,9 +171,8 @@ pub struct Scored {
     /// The prior vector used, for adaptive and explicit priors.
     pub prior_used: Option<Vec<f64>>,
     pub top: Vec<Prediction>,
-    /// The full posterior, when the request asked for it.
-    pub posterior: Option<Vec<f64>>,
-    /// The full posterior under the request's prior, always (kept for feedback).
+    /// The full posterior under the request's prior: shown when the request asks for it,
+    /// kept for feedback always.
     pub probabilities: Vec<f64>,
     /// The conformal set, when asked for; an error when the prototypes that scored the batch
     /// cannot serve it (they changed after the request was checked).
@@ -328,7 +354,6 @@ fn score_row(
         top1: top[0].index,
         abstained: o.abstain_below.map(|t| top[0].probability < t),
         top,
-        posterior: o.posterior.then(|| probs.clone()),
         probabilities: probs,
         prediction_set,
         logits: o.logits.then(|| g.to_vec()),

@@ -9,7 +9,7 @@ use anyhow::Context;
 use ndarray::{Array2, Axis};
 use serde_json::{json, Value};
 
-use super::{plot, Encoded, Setup};
+use super::{plot, rule_logits, Encoded, RuleLogits, Setup};
 use crate::prototypes::{ConformalRule, ConformalSection, CONFORMAL_SCORE};
 use crate::vmf::conformal::{evaluate_sets, ConformalScores, SetKind};
 use crate::vmf::metrics::{argmax, frequency_group};
@@ -20,11 +20,9 @@ const ANSWERED_SHARES: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
 /// Abstention thresholds printed beside them.
 const THRESHOLDS: [f64; 5] = [0.5, 0.6, 0.7, 0.8, 0.9];
 
-/// The balanced probabilities softmax(g / T) of every image under a rule.
-fn balanced(setup: &Setup, set: &Encoded, rule: Rule, t: f64) -> anyhow::Result<Array2<f64>> {
-    let classes = &setup.protos.classes;
-    let g = classes.balanced_logits(rule, set.features.view(), Some(set.logits.view()))?;
-    Ok(posterior(g.view(), t, &vec![0.0; classes.num_classes()]))
+/// The balanced probabilities softmax(g / T) of every image, from a rule's balanced logits.
+fn balanced(g: &Array2<f64>, t: f64) -> Array2<f64> {
+    posterior(g.view(), t, &vec![0.0; g.ncols()])
 }
 
 /// Conformal scores of every rule on the labelled validation images, at the temperatures the
@@ -37,8 +35,9 @@ pub fn fit(
 ) -> anyhow::Result<(ConformalSection, HashMap<Rule, ConformalScores>)> {
     let mut rules = std::collections::BTreeMap::new();
     let mut fitted = HashMap::new();
+    let logits = rule_logits(setup, val, &Rule::ALL)?;
     for rule in Rule::ALL {
-        let p = balanced(setup, val, rule, temperatures[&rule])?;
+        let p = balanced(&logits[&rule], temperatures[&rule]);
         let scores = ConformalScores::calibrate(p.view(), &val.labels);
         rules.insert(
             rule.to_string(),
@@ -75,6 +74,7 @@ pub fn fit(
 pub fn grade_sets(
     setup: &Setup,
     set: &Encoded,
+    logits: &RuleLogits,
     temperatures: &HashMap<Rule, f64>,
     scores: &HashMap<Rule, ConformalScores>,
     levels: &[f64],
@@ -106,7 +106,7 @@ pub fn grade_sets(
         let Some(rule_scores) = scores.get(&rule) else {
             continue;
         };
-        let p = balanced(setup, set, rule, temperatures[&rule])?;
+        let p = balanced(&logits[&rule], temperatures[&rule]);
         for kind in SetKind::ALL {
             for &level in levels {
                 let thresholds = match rule_scores.thresholds(kind, level, labels) {
@@ -183,12 +183,12 @@ fn num(v: f64) -> String {
 pub fn risk_coverage(
     setup: &Setup,
     set: &Encoded,
+    logits: &RuleLogits,
     temperatures: &HashMap<Rule, f64>,
     log_q: &[f64],
     prior_name: &str,
     png: Option<&Path>,
 ) -> anyhow::Result<Value> {
-    let classes = &setup.protos.classes;
     println!();
     println!("risk-coverage (prior {prior_name}, fitted T): accuracy on the answered images");
     print!("{:<9}", "rule");
@@ -202,8 +202,7 @@ pub fn risk_coverage(
     let mut out = serde_json::Map::new();
     let mut curves = Vec::new();
     for &rule in &setup.rules {
-        let g = classes.balanced_logits(rule, set.features.view(), Some(set.logits.view()))?;
-        let p = posterior(g.view(), temperatures[&rule], log_q);
+        let p = posterior(logits[&rule].view(), temperatures[&rule], log_q);
         // (confidence, correct) for each image, most confident first.
         let mut answers: Vec<(f64, bool)> = p
             .axis_iter(Axis(0))
@@ -289,22 +288,25 @@ pub fn export(
     setup: &Setup,
     calibration: &Encoded,
     test: &Encoded,
+    test_logits: &RuleLogits,
     temperatures: &HashMap<Rule, f64>,
     path: &Path,
 ) -> anyhow::Result<()> {
+    let calibration_logits = rule_logits(setup, calibration, &setup.rules)?;
     let mut rules = serde_json::Map::new();
     for &rule in &setup.rules {
         let t = temperatures[&rule];
-        let rows = |e: &Encoded| -> anyhow::Result<Value> {
-            let p = balanced(setup, e, rule, t)?;
-            Ok(json!({
+        let rows = |e: &Encoded, g: &Array2<f64>| -> Value {
+            let p = balanced(g, t);
+            json!({
                 "probabilities": p.axis_iter(Axis(0)).map(|r| r.to_vec()).collect::<Vec<_>>(),
                 "labels": e.labels,
-            }))
+            })
         };
         rules.insert(
             rule.to_string(),
-            json!({"temperature": t, "calibration": rows(calibration)?, "test": rows(test)?}),
+            json!({"temperature": t, "calibration": rows(calibration, &calibration_logits[&rule]),
+                "test": rows(test, &test_logits[&rule])}),
         );
     }
     let doc =

@@ -255,7 +255,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let (set, shift_info) = encode_test_set(&mut setup, data, &args)?;
-    let graded = grade(&setup, &set, &temperatures, args.adaptive_floor)?;
+    let logits = rule_logits(&setup, &set, &setup.rules)?;
+    let graded = grade(&setup, &set, &logits, &temperatures, args.adaptive_floor)?;
     if let Some(path) = &args.reliability {
         write_reliability(path, &setup, graded.panels)?;
     }
@@ -263,7 +264,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         eprintln!("note: no conformal scores (run with --fit-conformal VAL_DIR): prediction sets are not graded");
         Vec::new()
     } else {
-        decisions::grade_sets(&setup, &set, &temperatures, &conformal, &args.coverage)?
+        decisions::grade_sets(
+            &setup,
+            &set,
+            &logits,
+            &temperatures,
+            &conformal,
+            &args.coverage,
+        )?
     };
     let first_prior = setup.priors[0];
     let c = setup.protos.classes.num_classes();
@@ -282,13 +290,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let risk = decisions::risk_coverage(
         &setup,
         &set,
+        &logits,
         &temperatures,
         &log_q,
         prior_name,
         args.risk_coverage.as_deref(),
     )?;
     if let (Some(path), Some(val)) = (&args.export_scores, &calibration) {
-        decisions::export(&setup, val, &set, &temperatures, path)?;
+        decisions::export(&setup, val, &set, &logits, &temperatures, path)?;
     }
     if let Some(path) = &args.report {
         let classes = &setup.protos.classes;
@@ -437,6 +446,22 @@ fn encode_test_set(
     Ok((set, shift_info))
 }
 
+/// The balanced logits g of each rule on one encoded set, computed once for every report.
+type RuleLogits = HashMap<Rule, Array2<f64>>;
+
+fn rule_logits(setup: &Setup, set: &Encoded, rules: &[Rule]) -> anyhow::Result<RuleLogits> {
+    let classes = &setup.protos.classes;
+    rules
+        .iter()
+        .map(|&rule| {
+            classes
+                .balanced_logits(rule, set.features.view(), Some(set.logits.view()))
+                .map(|g| (rule, g))
+                .map_err(Into::into)
+        })
+        .collect()
+}
+
 /// The graded set: the report's rows and reliability bins, and the diagram's panels.
 struct Graded {
     rows: Vec<Value>,
@@ -449,6 +474,7 @@ struct Graded {
 fn grade(
     setup: &Setup,
     set: &Encoded,
+    logits: &RuleLogits,
     temperatures: &HashMap<Rule, f64>,
     adaptive_floor: f64,
 ) -> anyhow::Result<Graded> {
@@ -467,7 +493,7 @@ fn grade(
         panels: Vec::new(),
     };
     for &rule in &setup.rules {
-        let g = classes.balanced_logits(rule, set.features.view(), Some(set.logits.view()))?;
+        let g = &logits[&rule];
         for (calibrated, t) in [(false, 1.0), (true, temperatures[&rule])] {
             for (pi, &prior) in setup.priors.iter().enumerate() {
                 let (q, em_iterations) = match prior {

@@ -26,7 +26,8 @@ use serde::Serialize;
 use super::access::AccessInfo;
 use super::{body, ApiError};
 use crate::engine::{
-    Prediction, PredictionSet, Prior, PriorName, RequestOptions, SetError, SetRequest,
+    abstain_threshold, Prediction, PredictionSet, Prior, PriorName, RequestOptions, SetError,
+    SetRequest,
 };
 use crate::infer::{Classified, ImageInput};
 use crate::state::{AppState, Serving};
@@ -191,12 +192,14 @@ pub async fn classify(
         .collect();
 
     inject_fault(&parts_headers);
+    let show_posterior = options.posterior;
     let classified = serving.infer.classify(inputs, options).await?;
     let answers = answers(
         &state,
         &serving,
         classified,
         images.inputs,
+        show_posterior,
         ms(started.elapsed()),
     );
     let info = answers.first().map(|a| AccessInfo {
@@ -247,6 +250,7 @@ fn answers(
     serving: &Serving,
     classified: Classified,
     sources: Vec<body::Input>,
+    show_posterior: bool,
     total: f64,
 ) -> Vec<ImageAnswer> {
     let Classified { result, decode } = classified;
@@ -289,7 +293,7 @@ fn answers(
                 weights: s.prior_used,
             },
             predictions: s.top,
-            posterior: s.posterior,
+            posterior: show_posterior.then_some(s.probabilities),
             prediction_set: set,
             abstained: s.abstained,
             batch_size: result.batch_size,
@@ -402,18 +406,8 @@ pub fn parse_options(query: &str, context: &QueryContext) -> Result<RequestOptio
         // (a class was learned from examples): the proco rule answers instead, and says so.
         options.rule = Rule::Proco;
     }
-    match (coverage, set_kind) {
-        (Some(level), kind) => {
-            options.set = Some(SetRequest::parse(&level, kind.as_deref()).map_err(set_error)?);
-        }
-        (None, Some(_)) => {
-            return Err(ApiError::InvalidCoverage(
-                "set names the kind of a prediction set; give its level too, e.g. coverage=0.9"
-                    .into(),
-            ))
-        }
-        (None, None) => {}
-    }
+    options.set =
+        SetRequest::from_parameters(coverage.as_deref(), set_kind.as_deref()).map_err(set_error)?;
     Ok(options)
 }
 
@@ -424,12 +418,12 @@ fn set_error(e: SetError) -> ApiError {
     }
 }
 
-/// `abstain_below`: a probability in [0, 1].
+/// `abstain_below`: a number, then a probability in [0, 1].
 fn parse_threshold(value: &str) -> Result<f64, ApiError> {
-    match value.trim().parse::<f64>() {
-        Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
-        _ => Err(ApiError::InvalidParameter(format!(
+    let t = value.trim().parse::<f64>().map_err(|_| {
+        ApiError::InvalidParameter(format!(
             "abstain_below {value:?} is not a probability between 0 and 1"
-        ))),
-    }
+        ))
+    })?;
+    abstain_threshold(t).map_err(ApiError::InvalidParameter)
 }

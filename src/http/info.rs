@@ -158,22 +158,9 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    // Readiness and the adaptive prior (on its own thread) are read at scrape time.
+    // Readiness, the adaptive prior (on its own thread), drift and feedback are read at
+    // scrape time.
     let _ = state.readiness();
-    if let Some(serving) = state.serving() {
-        let protos = serving.store.snapshot();
-        let (estimate, samples) = serving.engine.adaptive_estimate(&protos);
-        // Labels change when classes are learned or removed: only the served ones are shown.
-        state.metrics.adaptive_prior.reset();
-        for (label, q) in protos.classes.labels().iter().zip(&estimate) {
-            state
-                .metrics
-                .adaptive_prior
-                .with_label_values(&[label.as_str()])
-                .set(*q);
-        }
-        state.metrics.adaptive_samples.set(samples as f64);
-    }
     super::monitor::refresh_gauges(&state);
     (
         [(

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use super::ApiError;
 use crate::feedback::FeedbackError;
-use crate::state::AppState;
+use crate::prototypes::Prototypes;
+use crate::state::{AppState, Serving};
 use crate::vmf::metrics::{kl_divergence, total_variation};
 
 /// The body of `POST /v1/feedback`.
@@ -84,9 +85,7 @@ pub async fn monitoring(State(state): State<Arc<AppState>>) -> Result<Json<Value
         .cloned()
         .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
     let protos = serving.store.snapshot();
-    let (adaptive, samples) = serving.engine.adaptive_estimate(&protos);
-    let train = protos.classes.train_prior();
-    let tv = total_variation(&adaptive, &train);
+    let drift = PriorDrift::now(&serving, &protos);
     let decisions = |r: &str| {
         state
             .metrics
@@ -99,30 +98,62 @@ pub async fn monitoring(State(state): State<Arc<AppState>>) -> Result<Json<Value
         "prototypes_version": protos.version,
         "labels": protos.classes.labels(),
         "prior": {
-            "train": train,
-            "adaptive": adaptive,
-            "samples": samples,
-            "total_variation": tv,
-            "kl": kl_divergence(&adaptive, &train),
+            "train": drift.train,
+            "adaptive": drift.adaptive,
+            "samples": drift.samples,
+            "total_variation": drift.total_variation,
+            "kl": drift.kl,
             "drift_warn": state.config.drift_warn,
-            "drifting": tv > state.config.drift_warn,
+            "drifting": drift.total_variation > state.config.drift_warn,
         },
         "abstention": {"answers": answered + abstained, "abstained": abstained},
         "feedback": state.feedback.metrics(),
     })))
 }
 
-/// Sets the drift and feedback gauges from the current state (called at scrape time).
+/// The adaptive prior against the training prior, read once.
+struct PriorDrift {
+    train: Vec<f64>,
+    adaptive: Vec<f64>,
+    samples: usize,
+    total_variation: f64,
+    kl: f64,
+}
+
+impl PriorDrift {
+    fn now(serving: &Serving, protos: &Prototypes) -> Self {
+        let (adaptive, samples) = serving.engine.adaptive_estimate(protos);
+        let train = protos.classes.train_prior();
+        PriorDrift {
+            total_variation: total_variation(&adaptive, &train),
+            kl: kl_divergence(&adaptive, &train),
+            train,
+            adaptive,
+            samples,
+        }
+    }
+}
+
+/// Sets the gauges read from state rather than counted as requests go (called at scrape
+/// time): the adaptive prior and its drift from the training prior, and the feedback window.
 pub fn refresh_gauges(state: &AppState) {
     let metrics = &state.metrics;
     if let Some(serving) = state.serving() {
         let protos = serving.store.snapshot();
-        let (adaptive, _) = serving.engine.adaptive_estimate(&protos);
-        let train = protos.classes.train_prior();
+        let drift = PriorDrift::now(serving, &protos);
+        // Labels change when classes are learned or removed: only the served ones are shown.
+        metrics.adaptive_prior.reset();
+        for (label, q) in protos.classes.labels().iter().zip(&drift.adaptive) {
+            metrics
+                .adaptive_prior
+                .with_label_values(&[label.as_str()])
+                .set(*q);
+        }
+        metrics.adaptive_samples.set(drift.samples as f64);
         metrics
             .prior_drift_total_variation
-            .set(total_variation(&adaptive, &train));
-        metrics.prior_drift_kl.set(kl_divergence(&adaptive, &train));
+            .set(drift.total_variation);
+        metrics.prior_drift_kl.set(drift.kl);
     }
     let window = state.feedback.metrics();
     metrics.feedback_labelled.set(window.labelled as f64);

@@ -422,28 +422,15 @@ fn batch_size(input: &InputTensor, max_images: usize) -> Result<usize, OipError>
 /// The coverage level, set kind and abstention threshold, as parameters (whether the
 /// prototypes can serve the set is checked by [`infer`]).
 fn decide(options: &mut RequestOptions, decisions: &DecisionParameters) -> Result<(), OipError> {
-    match (decisions.coverage, &decisions.set) {
-        (Some(level), kind) => {
-            let request = engine::SetRequest::parse(&level.to_string(), kind.as_deref())
-                .map_err(|e| OipError::Invalid(e.to_string()))?;
-            options.set = Some(request);
-        }
-        (None, Some(_)) => {
-            return Err(OipError::Invalid(
-                "parameter \"set\" names the kind of a prediction set; give \"coverage\" too"
-                    .into(),
-            ))
-        }
-        (None, None) => {}
-    }
-    if let Some(t) = decisions.abstain_below {
-        if !(0.0..=1.0).contains(&t) {
-            return Err(OipError::Invalid(format!(
-                "parameter \"abstain_below\" is {t}; it must be a probability between 0 and 1"
-            )));
-        }
-        options.abstain_below = Some(t);
-    }
+    let coverage = decisions.coverage.map(|c| c.to_string());
+    options.set =
+        engine::SetRequest::from_parameters(coverage.as_deref(), decisions.set.as_deref())
+            .map_err(|e| OipError::Invalid(e.to_string()))?;
+    options.abstain_below = decisions
+        .abstain_below
+        .map(engine::abstain_threshold)
+        .transpose()
+        .map_err(OipError::Invalid)?;
     Ok(())
 }
 
@@ -604,7 +591,7 @@ fn response(
                     result
                         .scored
                         .iter()
-                        .map(|s| s.posterior.clone().unwrap_or_default())
+                        .map(|s| s.probabilities.clone())
                         .collect(),
                     labels.len(),
                 ),
