@@ -126,12 +126,7 @@ fn the_int8_server_is_reproduced_by_eval() {
         .json()
         .unwrap();
     assert_eq!(ready["encoder_variant"], "int8");
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = common::metrics_text(&server);
     assert!(
         metrics.contains("proco_model_info{") && metrics.contains("variant=\"int8\""),
         "{metrics}"

@@ -267,12 +267,7 @@ fn bad_inputs_get_documented_errors() {
     // The server still works after all that, and no error was a 5xx.
     let (status, body) = classify(&c, &server, "", "image/jpeg", jpeg);
     assert_eq!(status, 200, "{body}");
-    let metrics = c
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = common::metrics_text(&server);
     assert!(
         !metrics
             .lines()
@@ -766,12 +761,7 @@ fn adaptive_prior_follows_the_traffic() {
     for (u, a) in used.iter().zip(&adaptive) {
         assert!((u - a).abs() < 1e-12);
     }
-    let text = c
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = common::metrics_text(&server);
     let label = model["labels"][9].as_str().unwrap();
     let gauge =
         common::metric(&text, &format!("proco_adaptive_prior{{label=\"{label}\"}}")).unwrap();

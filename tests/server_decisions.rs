@@ -132,12 +132,7 @@ fn prediction_sets_are_the_classes_within_their_conformal_threshold() {
         .iter()
         .all(|i| set_indices(&high).contains(i)));
 
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = common::metrics_text(&server);
     assert!(
         metric(&metrics, "proco_prediction_set_size_count{kind=\"class\"}").unwrap() >= 80.0,
         "{metrics}"
@@ -181,6 +176,15 @@ fn bad_levels_and_kinds_are_refused_with_reasons() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A request for a set gets 400 conformal_unavailable, and the message says `why`.
+fn refuses_sets(server: &Server, why: &str) {
+    let (status, body) = post(server, "?coverage=0.9", &fixtures()[0].0);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "conformal_unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(why), "{message}");
+}
+
 #[test]
 fn prototypes_without_conformal_scores_say_so() {
     let dir = common::copy_model_dir();
@@ -190,13 +194,7 @@ fn prototypes_without_conformal_scores_say_so() {
     doc["version"] = json!(proco_serve::prototypes::prototypes_version(&doc));
     std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     let server = Server::start(&["--model-dir", dir.path().to_str().unwrap()]);
-    let (status, body) = post(&server, "?coverage=0.9", &fixtures()[0].0);
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "conformal_unavailable");
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("--fit-conformal"));
+    refuses_sets(&server, "--fit-conformal");
     // Without a set the answer is as before.
     let (status, body) = post(&server, "", &fixtures()[0].0);
     assert_eq!(status, 200, "{body}");
@@ -222,12 +220,7 @@ fn abstention_marks_unsure_answers_and_is_counted() {
     );
     let (_, plain) = post(&server, "", &fixtures()[0].0);
     assert!(plain.get("abstained").is_none());
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = common::metrics_text(&server);
     let count = |r: &str| {
         metric(
             &metrics,
@@ -295,12 +288,7 @@ fn feedback_grades_answers_over_a_window() {
         let v = f[key].as_f64().unwrap();
         assert!(v.is_finite() && v >= 0.0, "{key}: {f}");
     }
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = common::metrics_text(&server);
     assert_eq!(
         metric(&metrics, "proco_feedback_metric{metric=\"accuracy\"}").unwrap(),
         accuracy
@@ -395,12 +383,7 @@ fn a_shifted_class_mix_shows_as_drift_and_is_logged() {
     let adaptive: Vec<f64> = serde_json::from_value(after["prior"]["adaptive"].clone()).unwrap();
     assert!(adaptive[0] + adaptive[1] > 0.9, "{adaptive:?}");
     assert!(after["prior"]["kl"].as_f64().unwrap() > 0.0);
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = common::metrics_text(&server);
     let gauge = metric(&metrics, "proco_prior_drift_total_variation").unwrap();
     assert!((gauge - tv).abs() < 0.2, "{gauge} vs {tv}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -440,13 +423,7 @@ fn the_console_page_is_served_self_contained() {
 fn the_int8_variant_serves_no_sets_fitted_for_fp32() {
     // Its own temperatures (model.toml) give other probabilities than the scores describe.
     let server = Server::start(&["--encoder-variant", "int8"]);
-    let (status, body) = post(&server, "?coverage=0.9", &fixtures()[0].0);
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "conformal_unavailable");
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("encoder variant serves it at"));
+    refuses_sets(&server, "encoder variant serves it at");
     let (status, body) = post(&server, "?abstain_below=0.5", &fixtures()[0].0);
     assert_eq!(status, 200, "{body}");
 }

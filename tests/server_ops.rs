@@ -86,12 +86,7 @@ fn a_panicking_handler_gets_a_500_and_the_server_goes_on() {
     assert_eq!(body["error"]["request_id"], id.as_str());
     let (status, _, _) = classify(&server, &[], any_jpeg());
     assert_eq!(status, 200, "the server keeps serving");
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = common::metrics_text(&server);
     assert_eq!(metric(&text, "proco_panics_total"), Some(1.0));
     assert!(
         server.logs().contains("a request handler panicked"),

@@ -258,12 +258,7 @@ fn learning_removing_and_rolling_back() {
         (404, "unknown_version".into())
     );
 
-    let text = c
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = common::metrics_text(&server);
     assert_eq!(
         metric(&text, "proco_examples_learned_total{label=\"truck\"}"),
         Some(4.0)

@@ -45,15 +45,6 @@ fn invalid_prototypes() -> Vec<u8> {
     serde_json::to_vec_pretty(&doc).unwrap()
 }
 
-fn metrics_text(server: &Server) -> String {
-    client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap()
-}
-
 fn wait_until(server: &Server, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -148,7 +139,7 @@ fn file_change_reloads_under_load_without_failing_a_request() {
 
     // 2. An invalid file: rejected, v2 keeps serving.
     let rejected_before = metric(
-        &metrics_text(&server),
+        &common::metrics_text(&server),
         "proco_prototype_reloads_total{result=\"rejected\"}",
     )
     .unwrap();
@@ -159,7 +150,7 @@ fn file_change_reloads_under_load_without_failing_a_request() {
         Duration::from_secs(10),
         || {
             metric(
-                &metrics_text(&server),
+                &common::metrics_text(&server),
                 "proco_prototype_reloads_total{result=\"rejected\"}",
             )
             .unwrap()
@@ -182,7 +173,7 @@ fn file_change_reloads_under_load_without_failing_a_request() {
         model["prototypes_version"], v2,
         "the invalid file must not replace v2"
     );
-    let text = metrics_text(&server);
+    let text = common::metrics_text(&server);
     assert_eq!(
         metric(&text, &format!("proco_prototypes_info{{version=\"{v2}\"}}")),
         Some(1.0)
@@ -310,7 +301,7 @@ fn admin_reload_and_sighup() {
     wait_until(&server, "SIGHUP reload", Duration::from_secs(10), || {
         common::get_json(&c, &server, "/v1/model").1["prototypes_version"] == sighup_v3.as_str()
     });
-    let text = metrics_text(&server);
+    let text = common::metrics_text(&server);
     assert_eq!(
         metric(&text, "proco_prototype_reloads_total{result=\"success\"}"),
         Some(2.0)
@@ -393,7 +384,7 @@ fn a_reload_follows_the_content_not_the_stated_version() {
     assert_eq!(body["stated_version"], original["version"]);
     assert!((kappa0() / k_start - 1.03).abs() < 1e-12);
 
-    let text = metrics_text(&server);
+    let text = common::metrics_text(&server);
     assert_eq!(
         metric(&text, "proco_prototype_version_mismatches_total"),
         Some(3.0),

@@ -73,12 +73,7 @@ fn slowloris_is_cut_off_and_others_are_served() {
     // Room again: a normal client is served.
     let (status, _) = common::classify(&client(), &server, "", "image/jpeg", any_jpeg());
     assert_eq!(status, 200);
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = common::metrics_text(&server);
     assert!(
         metric(&text, "proco_connections_refused_total").is_some_and(|v| v >= 1.0),
         "{text}"

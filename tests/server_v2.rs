@@ -320,12 +320,7 @@ fn errors_are_oip_errors_and_the_server_keeps_serving() {
     assert_eq!((status, ready["ready"].clone()), (200, json!(true)));
     let (status, _) = get_json(&c, &server, &format!("/v2/models/{MODEL}/ready"));
     assert_eq!(status, 200);
-    let text = c
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = common::metrics_text(&server);
     assert!(
         metric(
             &text,

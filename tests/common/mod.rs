@@ -209,6 +209,16 @@ pub fn get_json(
     (status, r.json().unwrap())
 }
 
+/// The server's `/metrics` text.
+pub fn metrics_text(server: &Server) -> String {
+    client()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
 /// The value of one sample in Prometheus text, e.g. `metric(text, "proco_x_total{result=\"ok\"}")`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
