@@ -17,7 +17,8 @@ def _common(p):
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--pipeline", choices=["batch", "per-image"], default="batch",
                    help="batch: uint8 images on the device, batched augmentation there; per-image: PIL in workers")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bfloat16 autocast on CUDA (float32 throughout)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bfloat16 autocast (float32 throughout); autocast is on by default on CUDA and on CPUs with "
+                        "native bfloat16 (AVX-512 BF16 or AMX), where it is measured faster")
     p.add_argument("--ckpt-every", type=int, default=10, help="checkpoint every K epochs")
     p.add_argument("--resume", action="store_true", help="continue from OUT/METHOD.ckpt.pt when it exists")
     p.add_argument("--max-seconds", type=float, default=None,
@@ -33,8 +34,8 @@ def main(argv=None):
 
     f = sub.add_parser("fit", help="train one method (proco, la, ce or ldam)")
     f.add_argument("--method", choices=list(METHODS), required=True)
-    f.add_argument("--data", required=True, help="cifar10-jpeg.tar.xz or its unpacked folder")
-    f.add_argument("--cache", default="data/cifar10_u8.npz", help="decoded-image cache (.npz)")
+    f.add_argument("--data", required=True, help="cifar10-png.tar.xz, cifar10-jpeg.tar.xz or an unpacked folder")
+    f.add_argument("--cache", default=None, help="decoded-image cache (.npz; default data/<archive name>_u8.npz)")
     f.add_argument("--out", default="runs/latest")
     _common(f)
     f.add_argument("--batch", type=int, default=256)
@@ -47,7 +48,7 @@ def main(argv=None):
     g = sub.add_parser("all", aliases=["gpu-all"], help="every method side by side on one device, after a timed warm-up")
     g.add_argument("--data", required=True)
     g.add_argument("--out", required=True)
-    g.add_argument("--cache", default="data/cifar10_u8.npz")
+    g.add_argument("--cache", default=None)
     g.add_argument("--methods", default=",".join(METHODS))
     _common(g)
     g.add_argument("--warmup", type=int, default=20, help="timed steps per method before the estimate")
@@ -57,22 +58,25 @@ def main(argv=None):
     e = sub.add_parser("export", help="ONNX + prototypes (temperatures fitted on validation) + parity fixtures")
     e.add_argument("--runs", required=True, help="folder with proco.pt, la.pt, ce.pt and their logs")
     e.add_argument("--data", required=True)
-    e.add_argument("--cache", default="data/cifar10_u8.npz")
+    e.add_argument("--cache", default=None)
     e.add_argument("--model-dir", default="models/cifar10-lt")
     e.add_argument("--fixtures", default="tests/fixtures/parity")
 
     r = sub.add_parser("report", help="recompute REPORT.md from the committed model files")
     r.add_argument("--data", required=True)
-    r.add_argument("--cache", default="data/cifar10_u8.npz")
+    r.add_argument("--cache", default=None)
     r.add_argument("--model-dir", default="models/cifar10-lt")
 
     v = sub.add_parser("folders", help="write the validation split (and the LT training set) as <label>/*.jpg folders")
     v.add_argument("--data", required=True)
-    v.add_argument("--cache", default="data/cifar10_u8.npz")
+    v.add_argument("--cache", default=None)
     v.add_argument("--out", required=True)
     v.add_argument("--with-train", action="store_true", help="also write the LT training subset")
 
     a = ap.parse_args(argv)
+    if a.cache is None:
+        from .data import default_cache
+        a.cache = default_cache(a.data)
     if a.cmd == "fit":
         from .fit import PAUSED, run
         status = run(a.method, a.data, a.out, cache=a.cache, max_images=a.max_images, seed=a.seed, threads=a.threads,

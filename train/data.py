@@ -26,24 +26,39 @@ def lt_counts(n_max: int = N_MAX, imbalance: float = IMBALANCE, classes: int = 1
     return [int(n_max * imbalance ** (i / (classes - 1))) for i in range(classes)]
 
 
+def default_cache(source: str) -> str:
+    """One decoded cache per source, so the JPEG and the lossless PNG copies never share one:
+    `data/cifar10-png_u8.npz` for `.../cifar10-png.tar.xz` or its unpacked folder `.../cifar10-png/`."""
+    name = os.path.basename(os.path.normpath(source))
+    for ext in (".tar.xz", ".tar.gz", ".tar", ".tgz"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return os.path.join("data", f"{name}_u8.npz")
+
+
 def _decode(blob: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.uint8)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
 def _read_members(source: str):
-    """Yield (split, class, file name, bytes) from a .tar.xz archive or an unpacked folder."""
+    """Yield (split, class, file name, bytes) from a .tar.xz archive or an unpacked folder; only images (the PNG
+    copy also has a SOURCE_NAMES.txt in every class folder)."""
     if os.path.isdir(source):
         for split in ("train", "test"):
             for cls in CLASSES:
                 folder = os.path.join(source, split, cls)
-                for name in sorted(os.listdir(folder)):
+                for name in sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES)):
                     with open(os.path.join(folder, name), "rb") as f:
                         yield split, cls, name, f.read()
         return
     with tarfile.open(source) as tar:
         for m in tar:
             parts = m.name.strip("./").split("/")
-            if m.isfile() and len(parts) >= 3 and parts[-3] in ("train", "test") and parts[-2] in CLASSES:
+            if m.isfile() and len(parts) >= 3 and parts[-3] in ("train", "test") and parts[-2] in CLASSES \
+                    and parts[-1].lower().endswith(IMAGE_SUFFIXES):
                 yield parts[-3], parts[-2], parts[-1], tar.extractfile(m).read()
 
 

@@ -7,8 +7,8 @@ rate set once per epoch: linear warm-up over the first 5 epochs (lr * (e + 1) / 
 Input pipelines: `batch` (default) keeps the uint8 training set on the device and augments whole batches there
 (`gpu_augment.py`); `per-image` is the official per-image PIL pipeline in DataLoader workers (`augment.py`).
 
-On CUDA the encoder and the linear classifier run under bfloat16 autocast unless `amp=False`; the projection head
-runs in float32 and the vMF terms in float64.
+On CUDA, and on CPUs with native bfloat16 (AVX-512 BF16 or AMX), the encoder and the linear classifier run under
+bfloat16 autocast unless `amp=False`; the projection head runs in float32 and the vMF terms in float64.
 
 Checkpoints: `<out>/<method>.ckpt.pt` every `ckpt_every` epochs (model, optimiser, vMF estimators, epoch, every
 RNG state); `resume=True` continues from it. `max_seconds` never shrinks the schedule: when the next epoch would
@@ -101,6 +101,17 @@ def _loader(pipeline, x, y, batch, views, dev, workers):
     raise ValueError(f"unknown pipeline {pipeline!r}")
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bfloat16 autocast is faster there (a ResNet-32 step 1.6-2x on AMX); on AVX2-only
+    CPUs it is emulated and slower, so float32 stays."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def train_arrays(method: str, x: np.ndarray, y: np.ndarray, out_dir: str, *, epochs: int = 200, device: str = "cpu",
                  batch: int = 256, lr: float = 0.3, pipeline: str = "batch", workers: int = 2, seed: int = 0,
                  tau: float = 0.1, alpha: float = 1.0, amp: bool = True, ckpt_every: int = 10, resume: bool = False,
@@ -148,7 +159,7 @@ def train_arrays(method: str, x: np.ndarray, y: np.ndarray, out_dir: str, *, epo
     log_prior = torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32, device=dev))
     proco = ProCoLoss(classes, 128, tau, log_prior.double(), dev, seed) if method == "proco" else None
     ldam = LDAMLoss(counts, dev, epochs) if method == "ldam" else None
-    use_amp = amp and dev.type == "cuda"
+    use_amp = amp and (dev.type == "cuda" or (dev.type == "cpu" and cpu_has_native_bf16()))
 
     start_epoch, train_seconds = 0, 0.0
     if state:
