@@ -1,5 +1,6 @@
-//! Wiring: bind the listener, load the model in the background, start the batcher, the
-//! prototype watchers and the HTTP server, and shut down cleanly on Ctrl-C / SIGTERM.
+//! Wiring: bind the listeners, load the model in the background, start the batcher, the
+//! prototype watchers and the HTTP and gRPC servers, and shut down cleanly when told
+//! (the binary: on Ctrl-C / SIGTERM).
 //!
 //! The listener is bound first so that `/health/live` answers while the model loads;
 //! `/health/ready` turns 200 only once the encoder is loaded and a warm-up batch ran.
@@ -14,7 +15,7 @@ use crate::batcher::{BatchConfig, Batcher};
 use crate::config::Config;
 use crate::encoder::{Encoder, Threads};
 use crate::engine::Engine;
-use crate::infer::Infer;
+use crate::infer::{Defaults, Infer, Parts};
 use crate::manifest::ModelManifest;
 use crate::preprocess::DecodeLimits;
 use crate::prototypes::{EncoderShape, PrototypeStore, Prototypes};
@@ -141,13 +142,19 @@ fn start_inference(
             queue_capacity: config.queue_capacity,
         },
     )?;
-    let infer = Infer::new(
+    let infer = Infer::new(Parts {
         batcher,
-        manifest.clone(),
-        DecodeLimits::from_max_pixels(config.max_pixels),
-        metrics.clone(),
-        config.queue_capacity,
-    );
+        manifest: manifest.clone(),
+        store: store.clone(),
+        engine: engine.clone(),
+        defaults: Defaults {
+            rule: config.default_rule,
+            prior: config.default_prior,
+        },
+        limits: DecodeLimits::from_max_pixels(config.max_pixels),
+        metrics: metrics.clone(),
+        queue_capacity: config.queue_capacity,
+    });
     Ok((engine, infer))
 }
 
@@ -196,67 +203,69 @@ fn publish_model_metrics(
     }
 }
 
-/// Runs the server until Ctrl-C or SIGTERM. Prints `proco-serve listening on <addr>` on
-/// stdout once bound (tests read it to find an ephemeral port). A model that cannot be
-/// loaded ends the process with an error.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let grpc_listener = match config.grpc_addr()? {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("cannot listen for gRPC on {a}"))?,
-        ),
-        None => None,
-    };
-    let state = Arc::new(AppState::new(config));
-    let app = crate::http::router(state.clone());
-    let stop = drain_on_signal(state.clone());
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "proco-serve listening on {addr}");
-        if let Some(g) = &grpc_listener {
-            let _ = writeln!(out, "proco-serve grpc listening on {}", g.local_addr()?);
-        }
-        let _ = out.flush();
-    }
-    tracing::info!("listening on http://{addr}");
-    if let Some(g) = grpc_listener {
-        spawn_grpc(g, state.clone(), stop.clone())?;
+/// The server's sockets, bound before the model loads so that `/health/live` answers at once.
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    /// `None` when `grpc_listen` is "off".
+    pub grpc: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `listen` and `grpc_listen`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let http = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let grpc = match config.grpc_addr()? {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen for gRPC on {a}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { http, grpc })
     }
 
-    let hangup = crate::reload::listen_for_hangup();
-    let (fail_tx, mut fail_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
-    let loader_state = state.clone();
-    tokio::spawn(async move {
-        let config = loader_state.config.clone();
-        let metrics = loader_state.metrics.clone();
-        let failure = match tokio::task::spawn_blocking(move || load(&config, metrics)).await {
-            Ok(Ok(serving)) => {
-                let reloader = serving.reloader.clone();
-                let _ = loader_state.serving.set(Arc::new(serving));
-                loader_state.metrics.ready.set(1);
-                tracing::info!("ready");
-                let poll = Duration::from_millis(loader_state.config.reload_poll_ms);
-                crate::reload::spawn_watchers(reloader, poll, hangup);
-                return;
-            }
-            Ok(Err(e)) => e,
-            Err(join) => anyhow::anyhow!("model loading panicked: {join}"),
-        };
-        let _ = fail_tx.send(failure).await;
-    });
+    /// Prints `proco-serve listening on <addr>` (and the gRPC line) on stdout: tests read it to
+    /// find an ephemeral port.
+    pub fn announce(&self) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "proco-serve listening on {}", self.http.local_addr()?)?;
+        if let Some(g) = &self.grpc {
+            writeln!(out, "proco-serve grpc listening on {}", g.local_addr()?)?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// Serves on `listeners` until `shutdown` resolves (the binary passes [`shutdown_signal`]:
+/// Ctrl-C or SIGTERM), then drains: readiness turns 503, the listeners close after
+/// `drain_delay_ms`, admitted requests are answered, and the inference thread is joined. A
+/// model that cannot be loaded ends it with an error.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr: SocketAddr = listeners.http.local_addr()?;
+    let state = Arc::new(AppState::new(config));
+    let app = crate::http::router(state.clone());
+    let stop = drain_on(shutdown, state.clone());
+    tracing::info!("listening on http://{addr}");
+    if let Some(g) = listeners.grpc {
+        spawn_grpc(g, state.clone(), stop.clone())?;
+    }
+    let mut failed = spawn_loader(state.clone());
 
     let limits = crate::http::listener::Limits {
         max_connections: state.config.max_connections,
         header_read_timeout: Duration::from_millis(state.config.header_read_timeout_ms),
     };
     let server = crate::http::listener::serve(
-        listener,
+        listeners.http,
         app,
         limits,
         state.metrics.clone(),
@@ -269,7 +278,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     tokio::select! {
         () = server => {}
-        Some(e) = fail_rx.recv() => return Err(e),
+        Some(e) = failed.recv() => return Err(e),
         _ = deadline => {
             tracing::warn!(
                 "requests were still running {} ms after the listener closed (shutdown_timeout_ms); exiting without them",
@@ -278,8 +287,38 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    if let Some(serving) = state.serving().cloned() {
+        // Every admitted request has its answer: close the queue and wait for the thread.
+        tokio::task::spawn_blocking(move || serving.infer.shutdown()).await?;
+    }
     tracing::info!("shut down: every admitted request was answered");
     Ok(())
+}
+
+/// Loads the model on a blocking thread; once it is ready, starts the prototype watchers. A
+/// load that fails is sent on the returned channel.
+fn spawn_loader(state: Arc<AppState>) -> tokio::sync::mpsc::Receiver<anyhow::Error> {
+    let hangup = crate::reload::listen_for_hangup();
+    let (fail_tx, fail_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
+    tokio::spawn(async move {
+        let config = state.config.clone();
+        let metrics = state.metrics.clone();
+        let failure = match tokio::task::spawn_blocking(move || load(&config, metrics)).await {
+            Ok(Ok(serving)) => {
+                let reloader = serving.reloader.clone();
+                let _ = state.serving.set(Arc::new(serving));
+                state.metrics.ready.set(1);
+                tracing::info!("ready");
+                let poll = Duration::from_millis(state.config.reload_poll_ms);
+                crate::reload::spawn_watchers(reloader, poll, hangup);
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(join) => anyhow::anyhow!("model loading panicked: {join}"),
+        };
+        let _ = fail_tx.send(failure).await;
+    });
+    fail_rx
 }
 
 /// Serves the gRPC adapter on its listener until the drain closes the listeners.
@@ -303,13 +342,16 @@ fn spawn_grpc(
     Ok(())
 }
 
-/// Graceful drain: on the first SIGTERM or Ctrl-C, readiness turns 503 at once; after
+/// Graceful drain: once `shutdown` resolves, readiness turns 503 at once; after
 /// `drain_delay_ms` (time for load balancers to notice) the listeners close, and the servers
 /// finish the requests they have. The channel turns true when the listeners should close.
-fn drain_on_signal(state: Arc<AppState>) -> tokio::sync::watch::Receiver<bool> {
+fn drain_on(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    state: Arc<AppState>,
+) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown.await;
         state
             .draining
             .store(true, std::sync::atomic::Ordering::Release);
@@ -331,7 +373,8 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn shutdown_signal() {
+/// Resolves on the first Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -79,7 +79,7 @@ struct Job {
     reply: oneshot::Sender<Result<JobResult, BatchError>>,
     /// The request's admission permits: they stay taken while the job is queued or running,
     /// even if the client has gone away meanwhile.
-    _admission: Arc<OwnedSemaphorePermit>,
+    admission: Arc<OwnedSemaphorePermit>,
 }
 
 /// The queue is full; try again later.
@@ -174,7 +174,9 @@ struct Shared {
 
 /// Handle to the batching thread; cheap to share.
 pub struct Batcher {
-    tx: mpsc::Sender<Job>,
+    /// `None` once [`Batcher::shutdown`] closed the queue.
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -200,11 +202,12 @@ impl Batcher {
             health: health.clone(),
             config,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("proco-batcher".into())
             .spawn(move || run(encoder, input_size, rx, shared))?;
         Ok(Batcher {
-            tx,
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
             permits: Arc::new(Semaphore::new(config.queue_capacity)),
             metrics,
             health,
@@ -225,6 +228,19 @@ impl Batcher {
         self.health.readiness()
     }
 
+    /// Closes the queue and waits for the inference thread to finish the jobs it has and end
+    /// (it owns the encoder, whose session is released with it). Later submissions are refused
+    /// with [`BatchError::Stopped`].
+    pub fn shutdown(&self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the inference thread panicked");
+            }
+        }
+    }
+
     /// Queues the images (all of one request) and waits for the answer.
     pub async fn submit(
         &self,
@@ -243,9 +259,13 @@ impl Batcher {
                 enqueued: Instant::now(),
             },
             reply,
-            _admission: admission,
+            admission,
         };
-        if self.tx.send(job).is_err() {
+        let sent = match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
             self.metrics.queue_depth.sub(n);
             return Err(BatchError::Stopped);
         }
@@ -267,7 +287,7 @@ fn run(
         shared.metrics.queue_depth.sub(images as i64);
         let (work, replies): (Vec<Work>, Vec<_>) = jobs
             .into_iter()
-            .map(|j| (j.work, (j.reply, j._admission)))
+            .map(|j| (j.work, (j.reply, j.admission)))
             .unzip();
         // A panic while processing must not kill the thread: its requests get an error
         // answer, and we carry on with the next batch.

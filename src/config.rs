@@ -139,6 +139,8 @@ settings! {
     drain_delay_ms: u64 = 1000, env "PROCO_DRAIN_DELAY_MS";
     /// On SIGTERM/Ctrl-C: ms after closing the listener that admitted requests get to finish before the process exits
     shutdown_timeout_ms: u64 = 30_000, env "PROCO_SHUTDOWN_TIMEOUT_MS";
+    /// Tests only: a request with the header X-Proco-Fault: panic makes its handler panic, to show that a fault is contained (500, the server goes on)
+    fault_injection: bool = false, env "PROCO_FAULT_INJECTION";
     /// One line per request in the log: text | json | off
     access_log: AccessLogFormat = AccessLogFormat::Text, env "PROCO_ACCESS_LOG";
     /// Log filter: error | warn | info | debug | trace, or a tracing directive

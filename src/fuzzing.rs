@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::engine::{Prior, RequestOptions};
 use crate::http::{body, classify, v2};
+use crate::infer::options::{self, Served};
 use crate::manifest::ModelManifest;
 use crate::oip::{self, TensorData};
 use crate::preprocess::{self, DecodeLimits};
@@ -112,15 +113,15 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// a different class count); then the whole string as a `prior` value.
 pub fn query(data: &[u8]) -> Result<String, String> {
     let query = String::from_utf8_lossy(data);
-    let contexts = [
-        classify::QueryContext {
+    let served = [
+        Served {
             default_rule: config().default_rule,
             default_prior: config().default_prior,
             classes: CLASSES,
             available_rules: Rule::ALL.to_vec(),
             prototypes_version: "fuzz".into(),
         },
-        classify::QueryContext {
+        Served {
             default_rule: config().default_rule,
             default_prior: config().default_prior,
             classes: 3,
@@ -128,14 +129,18 @@ pub fn query(data: &[u8]) -> Result<String, String> {
             prototypes_version: "fuzz".into(),
         },
     ];
+    let raw = classify::query_options(&query).map_err(|e| {
+        assert!(e.status().is_client_error(), "{e} is not a 4xx");
+        e.to_string()
+    })?;
     let mut accepted = Vec::new();
-    for context in &contexts {
-        match classify::parse_options(&query, context) {
+    for served in &served {
+        match options::resolve(&raw, served) {
             Ok(options) => {
-                check_options(&options, context.classes, &context.available_rules);
+                check_options(&options, served.classes, &served.available_rules);
                 accepted.push(options.prior.name());
             }
-            Err(e) => assert!(e.status().is_client_error(), "{e} is not a 4xx"),
+            Err(e) => assert!(e.is_client_error(), "{e} is not the client's fault"),
         }
     }
     if let Ok(prior) = Prior::parse(&query, CLASSES) {
@@ -234,21 +239,28 @@ pub fn oip_request(data: &[u8]) -> Result<String, String> {
     };
     let request =
         v2::parse_request(&headers, Bytes::copy_from_slice(body)).map_err(client_error)?;
-    let served = oip::Served {
-        classes: CLASSES,
-        available_rules: Rule::ALL.to_vec(),
-        default_rule: config().default_rule,
-        default_prior: config().default_prior,
+    let limits = oip::TensorLimits {
         max_images: config().max_images_per_request,
         input_size: (
             manifest().input.height as usize,
             manifest().input.width as usize,
         ),
+        feature_dim: FEATURE_DIM,
     };
-    let checked = oip::check(request, &served).map_err(|e| client_error(v2::V2Error(e)))?;
-    assert!((1..=served.max_images).contains(&checked.n));
-    check_prior(&checked.options.prior, CLASSES);
-    let (h, w) = served.input_size;
+    let checked = oip::check(request, &limits).map_err(|e| client_error(v2::V2Error(e)))?;
+    assert!((1..=limits.max_images).contains(&checked.n));
+    let served = Served {
+        default_rule: config().default_rule,
+        default_prior: config().default_prior,
+        classes: CLASSES,
+        available_rules: Rule::ALL.to_vec(),
+        prototypes_version: "fuzz".into(),
+    };
+    // The parameters as the front layer resolves them (a refusal there is a 400 too).
+    let options = options::resolve(&checked.parameters, &served)
+        .map_err(|e| client_error(v2::V2Error(e.into())))?;
+    check_prior(&options.prior, CLASSES);
+    let (h, w) = limits.input_size;
     match &checked.input.data {
         TensorData::Bytes(images) => assert_eq!(images.len(), checked.n),
         TensorData::Fp32(values) => assert_eq!(values.len(), checked.n * 3 * h * w),

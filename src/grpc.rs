@@ -12,10 +12,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use crate::oip::{
-    self, DecisionParameters, InferRequest, InputTensor, OipError, OutputData, RequestedOutput,
-    TensorData,
-};
+use crate::infer::RawOptions;
+use crate::oip::codec::{fp32_values, split_bytes_elements, write_output};
+use crate::oip::{self, InferRequest, InputTensor, OipError, RequestedOutput, TensorData};
 use crate::state::AppState;
 
 /// The code generated from `proto/inference.proto` by build.rs.
@@ -47,6 +46,7 @@ pub fn service(state: Arc<AppState>) -> GrpcInferenceServiceServer<Service> {
 fn status(e: OipError) -> Status {
     match e {
         OipError::NotFound(m) => Status::not_found(m),
+        OipError::MethodNotAllowed(m) => Status::unimplemented(m),
         OipError::Invalid(m) => Status::invalid_argument(m),
         OipError::Unavailable(m) => Status::unavailable(m),
         OipError::Internal(m) => Status::internal(m),
@@ -173,34 +173,38 @@ fn string_param(
     }
 }
 
-/// A number parameter: double, integer or a string holding a number (clients differ).
+/// A number parameter: double, integer or a string holding a number (clients differ), as text
+/// for the front layer.
 fn number_param(
     params: &HashMap<String, InferParameter>,
     key: &str,
-) -> Result<Option<f64>, OipError> {
-    match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
-        None => Ok(None),
-        Some(ParameterChoice::DoubleParam(v)) => Ok(Some(*v)),
-        Some(ParameterChoice::Int64Param(v)) => Ok(Some(*v as f64)),
-        Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v as f64)),
+) -> Result<Option<String>, OipError> {
+    let number = match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+        None => return Ok(None),
+        Some(ParameterChoice::DoubleParam(v)) => *v,
+        Some(ParameterChoice::Int64Param(v)) => *v as f64,
+        Some(ParameterChoice::Uint64Param(v)) => *v as f64,
         Some(ParameterChoice::StringParam(s)) => s
             .trim()
             .parse()
-            .map(Some)
-            .map_err(|_| invalid(format!("parameter {key:?} must be a number"))),
-        Some(_) => Err(invalid(format!("parameter {key:?} must be a number"))),
-    }
+            .map_err(|_| invalid(format!("parameter {key:?} must be a number")))?,
+        Some(_) => return Err(invalid(format!("parameter {key:?} must be a number"))),
+    };
+    Ok(Some(number.to_string()))
 }
 
 fn infer_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
-    if let Some(other) = r.parameters.keys().find(|k| {
-        !["rule", "prior"].contains(&k.as_str()) && !DecisionParameters::NAMES.contains(&k.as_str())
-    }) {
+    if let Some(other) = r
+        .parameters
+        .keys()
+        .find(|k| !oip::PARAMETERS.contains(&k.as_str()))
+    {
         return Err(invalid(format!(
             "unknown request parameter {other:?} (known: rule, prior, coverage, set, abstain_below)"
         )));
     }
-    let raw = r.raw_input_contents;
+    // Owned buffers become Bytes without a copy; the BYTES elements are then slices of them.
+    let raw: Vec<Bytes> = r.raw_input_contents.into_iter().map(Bytes::from).collect();
     if !raw.is_empty() && raw.len() != r.inputs.len() {
         return Err(invalid(format!(
             "{} inputs but {} raw_input_contents",
@@ -212,7 +216,7 @@ fn infer_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
         .inputs
         .into_iter()
         .enumerate()
-        .map(|(i, input)| input_tensor(input, raw.get(i)))
+        .map(|(i, input)| input_tensor(input, raw.get(i).cloned()))
         .collect::<Result<_, _>>()?;
     let outputs = r
         .outputs
@@ -243,29 +247,30 @@ fn infer_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
         id: Some(r.id).filter(|id| !id.is_empty()),
         inputs,
         outputs: Some(outputs),
-        rule: string_param(&r.parameters, "rule")?,
-        prior: string_param(&r.parameters, "prior")?,
-        decisions: DecisionParameters {
+        parameters: RawOptions {
+            rule: string_param(&r.parameters, "rule")?,
+            prior: string_param(&r.parameters, "prior")?,
             coverage: number_param(&r.parameters, "coverage")?,
             set: string_param(&r.parameters, "set")?,
             abstain_below: number_param(&r.parameters, "abstain_below")?,
+            ..RawOptions::default()
         },
         binary_output: true,
     })
 }
 
-fn input_tensor(input: InferInputTensor, raw: Option<&Vec<u8>>) -> Result<InputTensor, OipError> {
+fn input_tensor(input: InferInputTensor, raw: Option<Bytes>) -> Result<InputTensor, OipError> {
     let name = input.name;
     let data = match (input.datatype.as_str(), raw) {
         ("BYTES", Some(raw)) => TensorData::Bytes(
-            split_bytes_elements(raw)
+            split_bytes_elements(&raw)
                 .ok_or_else(|| invalid(format!("input {name:?}: malformed BYTES raw contents")))?,
         ),
-        ("FP32", Some(raw)) if raw.len().is_multiple_of(4) => TensorData::Fp32(
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ),
+        ("FP32", Some(raw)) => {
+            TensorData::Fp32(fp32_values(&raw).ok_or_else(|| {
+                invalid(format!("input {name:?}: FP32 data of {} bytes", raw.len()))
+            })?)
+        }
         ("BYTES", None) => TensorData::Bytes(
             input
                 .contents
@@ -289,37 +294,15 @@ fn input_tensor(input: InferInputTensor, raw: Option<&Vec<u8>>) -> Result<InputT
     })
 }
 
-/// BYTES elements in raw form: a 4-byte little-endian length, then the bytes.
-fn split_bytes_elements(raw: &[u8]) -> Option<Vec<Bytes>> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at < raw.len() {
-        let len = u32::from_le_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
-        let end = at.checked_add(4)?.checked_add(len)?;
-        out.push(Bytes::copy_from_slice(raw.get(at + 4..end)?));
-        at = end;
-    }
-    Some(out)
-}
-
 fn infer_response(answer: oip::InferResponse) -> ModelInferResponse {
     let mut raw = Vec::with_capacity(answer.outputs.len());
     let outputs = answer
         .outputs
         .into_iter()
         .map(|out| {
-            raw.push(match out.data {
-                OutputData::Fp32(values) => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                OutputData::Bool(flags) => flags.iter().map(|&f| u8::from(f)).collect(),
-                OutputData::Bytes(items) => {
-                    let mut buf = Vec::new();
-                    for item in items {
-                        buf.extend_from_slice(&(item.len() as u32).to_le_bytes());
-                        buf.extend_from_slice(&item);
-                    }
-                    buf
-                }
-            });
+            let mut data = Vec::new();
+            write_output(&out.data, &mut data);
+            raw.push(data);
             InferOutputTensor {
                 name: out.name,
                 datatype: out.datatype.into(),

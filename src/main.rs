@@ -1,11 +1,12 @@
 //! Command line: `proco-serve` (serve, the default; also `proco-serve serve`) and
-//! `proco-serve eval` (offline evaluation, `src/eval.rs`).
+//! `proco-serve eval` (offline evaluation, `src/eval/`).
 //!
 //! Every serve setting is a flag, an environment variable and a key of the TOML config,
 //! with one name (see `config.rs`); `proco-serve --help` lists them.
 
 use clap::{Parser, Subcommand};
 
+use proco_serve::app;
 use proco_serve::config::{Config, ServeArgs};
 
 #[derive(Parser)]
@@ -64,7 +65,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(proco_serve::app::serve(config));
+    let result = runtime.block_on(async {
+        let listeners = app::Listeners::bind(&config).await?;
+        listeners.announce()?;
+        app::serve(config, listeners, app::shutdown_signal()).await
+    });
     // In-flight requests are answered by now; don't wait on idle background tasks.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {

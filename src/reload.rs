@@ -18,7 +18,10 @@ use sha2::{Digest, Sha256};
 
 use crate::prototypes::change::{self, ChangeError};
 use crate::prototypes::durable::{self, Cause, History, VersionEntry};
-use crate::prototypes::{PrototypeError, PrototypeStore, Prototypes, ReloadOutcome};
+use crate::prototypes::{PrototypeError, PrototypeStore, Prototypes};
+
+pub use crate::prototypes::change::ChangeError as Refusal;
+pub use crate::prototypes::ReloadOutcome;
 use crate::telemetry::Metrics;
 
 /// What started a reload (for the log).
@@ -116,6 +119,24 @@ impl Reloader {
 
     /// Makes `change`, writes the result durably (file, then history), and serves it.
     /// Blocking (file I/O): call it from a blocking context.
+    /// The refusals of learning `label` that need no image: a bad label, an unknown class without
+    /// `create`, no room for a new class. Checked before any image is encoded ([`Reloader::apply`]
+    /// checks again against the version it changes).
+    pub fn check_learn(&self, label: &str, create: bool) -> Result<(), ChangeFailed> {
+        change::check_label(label)?;
+        let protos = self.store.snapshot();
+        if !protos.classes.labels().iter().any(|l| l == label) {
+            if !create {
+                return Err(ChangeError::UnknownLabel(label.to_string()).into());
+            }
+            if protos.classes.num_classes() >= self.max_classes {
+                let max = self.max_classes;
+                return Err(ChangeError::TooManyClasses { max }.into());
+            }
+        }
+        Ok(())
+    }
+
     pub fn apply(&self, change: Change) -> Result<Changed, ChangeFailed> {
         let mut last_read = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.store.snapshot();

@@ -275,11 +275,19 @@ fn bad_inputs_get_documented_errors() {
         "a client error was answered with 5xx:\n{metrics}"
     );
 
-    // Unknown endpoint: JSON 404.
-    let (status, body) = get_json(&c, &server, "/v2/nothing");
+    // Unknown endpoint: JSON 404, in each protocol's own error shape.
+    let (status, body) = get_json(&c, &server, "/v1/nothing");
     expect_error(status, &body, 404, "not_found", "unknown endpoint");
     let (status, body) = get_json(&c, &server, "/v1/classify");
     expect_error(status, &body, 405, "method_not_allowed", "GET on classify");
+    for path in ["/v2/nothing", "/v2/models/x/infer"] {
+        let (status, body) = get_json(&c, &server, path);
+        assert!([404, 405].contains(&status), "{path}: {status} {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|m| m.contains("/v2")),
+            "{path}: not the OIP error shape {{\"error\": \"<message>\"}}: {body}"
+        );
+    }
 }
 
 #[test]

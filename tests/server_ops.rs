@@ -79,7 +79,7 @@ fn json_access_log_and_off() {
 
 #[test]
 fn a_panicking_handler_gets_a_500_and_the_server_goes_on() {
-    let server = Server::start_with_env(&[], &[("PROCO_TEST_FAULTS", "1")]);
+    let server = Server::start_with_env(&[], &[("PROCO_FAULT_INJECTION", "true")]);
     let (status, id, body) = classify(&server, &[("x-proco-fault", "panic")], any_jpeg());
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["code"], "internal");

@@ -185,6 +185,18 @@ pub struct Scored {
     pub top1: usize,
 }
 
+/// The adaptive prior beside the training prior, and how far apart they are.
+#[derive(Clone, Debug)]
+pub struct PriorDrift {
+    pub train: Vec<f64>,
+    pub adaptive: Vec<f64>,
+    /// Images the adaptive estimate is made of.
+    pub samples: usize,
+    pub total_variation: f64,
+    /// KL(adaptive || train).
+    pub kl: f64,
+}
+
 /// Scores batches and keeps the adaptive prior.
 pub struct Engine {
     /// The rule whose calibrated logits feed the adaptive prior.
@@ -221,6 +233,19 @@ impl Engine {
 
     /// The current adaptive estimate for these prototypes (the training prior until enough
     /// images were seen) and the number of images in its window.
+    /// How far the adaptive prior has moved from the training prior, now.
+    pub fn prior_drift(&self, protos: &Prototypes) -> PriorDrift {
+        let (adaptive, samples) = self.adaptive_estimate(protos);
+        let train = protos.classes.train_prior();
+        PriorDrift {
+            total_variation: vmf::metrics::total_variation(&adaptive, &train),
+            kl: vmf::metrics::kl_divergence(&adaptive, &train),
+            train,
+            adaptive,
+            samples,
+        }
+    }
+
     pub fn adaptive_estimate(&self, protos: &Prototypes) -> (Vec<f64>, usize) {
         self.adaptive.estimate(protos)
     }

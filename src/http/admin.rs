@@ -19,9 +19,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{body, ApiError};
-use crate::infer::ImageInput;
-use crate::prototypes::ReloadOutcome;
-use crate::reload::{Change, Changed, Reloader, Trigger};
+use crate::reload::{Change, Changed, ReloadOutcome, Reloader, Trigger};
 use crate::state::{AppState, Serving};
 
 /// The loaded model, once the bearer token checks out.
@@ -115,13 +113,7 @@ pub async fn learn_examples(
 ) -> Result<Response, ApiError> {
     let serving = authorized(&state, request.headers())?;
     let (parts, body) = request.into_parts();
-    let bytes = body::read_body_within(
-        body,
-        state.config.max_body_bytes,
-        &parts.headers,
-        std::time::Duration::from_millis(state.config.body_read_timeout_ms),
-    )
-    .await?;
+    let bytes = body::read(body, &parts.headers, &state.config).await?;
     let (mut label, mut create) = (None, false);
     for (key, value) in body::query_pairs(parts.uri.query().unwrap_or(""))? {
         match key.as_str() {
@@ -136,34 +128,9 @@ pub async fn learn_examples(
     }
     let label =
         label.ok_or_else(|| ApiError::InvalidParameter("give the class as ?label=NAME".into()))?;
-    crate::prototypes::change::check_label(&label)
-        .map_err(|e| ApiError::InvalidLabel(e.to_string()))?;
-    // Refusals that need no image are made before any image is encoded (the reloader checks
-    // again against the version it changes).
-    let protos = serving.store.snapshot();
-    if !protos.classes.labels().contains(&label) {
-        if !create {
-            return Err(ApiError::UnknownLabel(format!(
-                "there is no class {label:?}; add create=true to create it"
-            )));
-        }
-        if protos.classes.num_classes() >= state.config.max_classes {
-            return Err(ApiError::TooManyClasses(format!(
-                "the prototypes already have {} classes, the most max_classes allows",
-                protos.classes.num_classes()
-            )));
-        }
-    }
+    serving.reloader.check_learn(&label, create)?;
     let images = body::images(parts, bytes, state.config.max_images_per_request).await?;
-    let multipart = images.multipart;
-    let inputs: Vec<ImageInput> = images
-        .inputs
-        .iter()
-        .map(|input| ImageInput {
-            bytes: input.bytes.clone(),
-            name: multipart.then(|| body::describe_part(input)),
-        })
-        .collect();
+    let inputs = images.infer_inputs();
     let n = inputs.len();
     let features = serving.infer.embed(inputs).await?;
     let change = Change::Learn {

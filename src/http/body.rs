@@ -7,6 +7,8 @@ use axum::http::{header, HeaderMap};
 use http_body_util::BodyExt;
 
 use super::ApiError;
+use crate::config::Config;
+use crate::infer::ImageInput;
 
 /// One image of a request, with where it came from.
 pub struct Input {
@@ -58,6 +60,13 @@ pub fn media_kind(headers: &HeaderMap) -> Result<MediaKind, ApiError> {
 /// connection with request bytes unread makes the kernel reset it, and the client may then never
 /// see the 413 it is owed. Beyond this bound the connection is simply dropped.
 const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Reads a request's whole body under the server's limits: `max_body_bytes`, and
+/// `body_read_timeout_ms` for the body to arrive.
+pub async fn read(body: Body, headers: &HeaderMap, config: &Config) -> Result<Bytes, ApiError> {
+    let deadline = std::time::Duration::from_millis(config.body_read_timeout_ms);
+    read_body_within(body, config.max_body_bytes, headers, deadline).await
+}
 
 /// Reads the whole body within `deadline` (a client that trickles its body is answered 408
 /// instead of holding a connection and a task), refusing more than `limit` bytes.
@@ -170,6 +179,20 @@ pub async fn read_parts(req: Request, max_images: usize) -> Result<Vec<Input>, A
 pub struct Images {
     pub inputs: Vec<Input>,
     pub multipart: bool,
+}
+
+impl Images {
+    /// The images as the front layer takes them (sharing the buffers); a multipart part is
+    /// named in error messages as `part "a" (a.jpg)`.
+    pub fn infer_inputs(&self) -> Vec<ImageInput> {
+        self.inputs
+            .iter()
+            .map(|input| ImageInput {
+                bytes: input.bytes.clone(),
+                name: self.multipart.then(|| describe_part(input)),
+            })
+            .collect()
+    }
 }
 
 /// Splits a read body into its images, as its Content-Type says.

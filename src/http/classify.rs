@@ -7,7 +7,8 @@
 //! `prior` (uniform | train | adaptive | C comma-separated positive weights), `posterior`
 //! (true: include the full probability vector), `coverage` (a level in (0, 1): add a conformal
 //! prediction set) with `set` (class | marginal), `abstain_below` (mark answers whose top
-//! probability is below it).
+//! probability is below it). This file only reads them off the query ([`query_options`]); the
+//! front layer resolves them.
 //!
 //! Every answer has an `id`, kept (with its probabilities) for `POST /v1/feedback`.
 //!
@@ -25,15 +26,8 @@ use serde::Serialize;
 
 use super::access::AccessInfo;
 use super::{body, ApiError};
-use crate::engine::{
-    abstain_threshold, Prediction, PredictionSet, Prior, PriorName, RequestOptions, SetError,
-    SetRequest,
-};
-use crate::infer::{Classified, ImageInput};
+use crate::infer::{Classified, Prediction, PredictionSet, RawOptions, Rule};
 use crate::state::{AppState, Serving};
-use crate::vmf::Rule;
-
-const DEFAULT_TOP_K: usize = 5;
 
 /// Timings of one image, in milliseconds.
 #[derive(Serialize)]
@@ -100,41 +94,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 #[utoipa::path(
-    put,
-    path = "/v1/classify",
-    tag = "v1",
-    operation_id = "classify_put",
-    summary = "Classify images (PUT, as curl -T sends)",
-    description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
-    params(
-        ("top_k" = Option<usize>, Query, description = "Classes in the answer (default 5, clamped to the class count)"),
-        ("rule" = Option<String>, Query, description = "linear | proco | vmf | ensemble (default: the server's)"),
-        ("prior" = Option<String>, Query, description = "uniform | train | adaptive | C comma-separated positive weights"),
-        ("posterior" = Option<bool>, Query, description = "Include the full probability vector"),
-        ("coverage" = Option<f64>, Query, description = "Add a conformal prediction set that holds the true label with this probability, e.g. 0.9 (needs conformal scores in the prototypes)"),
-        ("set" = Option<String>, Query, description = "class (default: coverage for every class, whatever the class mix) | marginal (coverage on average over a balanced mix)"),
-        ("abstain_below" = Option<f64>, Query, description = "Mark the answer abstained when its top probability is below this"),
-    ),
-    request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
-    responses(
-        (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
-        (status = 400, description = "A malformed request: empty body, bad query parameter, rule or conformal scores unavailable, coverage level not served", body = crate::http::error::ErrorBody),
-        (status = 413, description = "Body, image or part count over the limits", body = crate::http::error::ErrorBody),
-        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::error::ErrorBody),
-        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::error::ErrorBody),
-        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::error::ErrorBody)
-    )
-)]
-/// `PUT /v1/classify`: as POST.
-pub async fn classify_put(
-    state: State<Arc<AppState>>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    classify(state, request).await
-}
-
-#[utoipa::path(
-    post,
+    method(post, put),
     path = "/v1/classify",
     tag = "v1",
     operation_id = "classify",
@@ -159,6 +119,7 @@ pub async fn classify_put(
         (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::error::ErrorBody)
     )
 )]
+/// `POST /v1/classify`, and `PUT` as `curl -T` sends.
 pub async fn classify(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -171,27 +132,12 @@ pub async fn classify(
     // The body is read (or drained) before anything is refused, so that every error reaches a
     // client that is still sending rather than a connection reset under it.
     let (parts, body) = request.into_parts();
-    let parts_headers = parts.headers.clone();
-    let bytes = body::read_body_within(
-        body,
-        state.config.max_body_bytes,
-        &parts.headers,
-        std::time::Duration::from_millis(state.config.body_read_timeout_ms),
-    )
-    .await?;
-    let options = parse_query(parts.uri.query().unwrap_or(""), &state, &serving)?;
+    let bytes = body::read(body, &parts.headers, &state.config).await?;
+    let raw = query_options(parts.uri.query().unwrap_or(""))?;
+    let options = serving.infer.resolve(&raw)?;
     let images = body::images(parts, bytes, state.config.max_images_per_request).await?;
     let multipart = images.multipart;
-    let inputs: Vec<ImageInput> = images
-        .inputs
-        .iter()
-        .map(|input| ImageInput {
-            bytes: input.bytes.clone(), // shares the buffer
-            name: multipart.then(|| body::describe_part(input)),
-        })
-        .collect();
-
-    inject_fault(&parts_headers);
+    let inputs = images.infer_inputs();
     let show_posterior = options.posterior;
     let classified = serving.infer.classify(inputs, options).await?;
     let answers = answers(
@@ -228,20 +174,6 @@ pub async fn classify(
         response.extensions_mut().insert(info);
     }
     Ok(response)
-}
-
-/// Debug builds only, with `PROCO_TEST_FAULTS=1` in the environment: a request with the header
-/// `X-Proco-Fault: panic` makes this handler panic, so that tests can show a fault is contained.
-/// Release builds have no such switch.
-fn inject_fault(headers: &axum::http::HeaderMap) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("PROCO_TEST_FAULTS").is_some_and(|v| v == "1")
-        && headers.get("x-proco-fault").is_some_and(|v| v == "panic")
-    {
-        panic!("a fault injected by the test switch");
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = headers;
 }
 
 /// One answer per image, in request order; each is kept for feedback.
@@ -308,83 +240,19 @@ fn answers(
         .collect()
 }
 
-/// Parses the query string into engine options, with the server's defaults.
-fn parse_query(
-    query: &str,
-    state: &AppState,
-    serving: &Serving,
-) -> Result<RequestOptions, ApiError> {
-    // The class count and the rules that can answer are those of the prototypes served now
-    // (learning may have added or removed classes since start-up).
-    let protos = serving.store.snapshot();
-    let context = QueryContext {
-        default_rule: state.config.default_rule,
-        default_prior: serving.default_prior,
-        classes: protos.classes.num_classes(),
-        available_rules: protos.available_rules(),
-        prototypes_version: protos.version.clone(),
-    };
-    let options = parse_options(query, &context)?;
-    // A prediction set needs scores that describe the probabilities served.
-    if let Some(request) = &options.set {
-        let temperature = serving.engine.temperature(&protos, options.rule);
-        request
-            .check(&protos, options.rule, temperature)
-            .map_err(set_error)?;
-    }
-    Ok(options)
-}
-
-/// What the query of one request is parsed against: the server's defaults and the prototypes
-/// served now.
-pub struct QueryContext {
-    pub default_rule: Rule,
-    pub default_prior: PriorName,
-    pub classes: usize,
-    pub available_rules: Vec<Rule>,
-    /// Named in the error when a rule cannot answer.
-    pub prototypes_version: String,
-}
-
-/// Parses a `/v1/classify` query string into engine options (pure, so the fuzz targets run it).
-pub fn parse_options(query: &str, context: &QueryContext) -> Result<RequestOptions, ApiError> {
-    let pairs: Vec<(String, String)> = body::query_pairs(query)?;
-    let c = context.classes;
-    let available = &context.available_rules;
-    let mut options = RequestOptions {
-        rule: context.default_rule,
-        prior: Prior::Named(context.default_prior),
-        top_k: DEFAULT_TOP_K.min(c),
-        posterior: false,
-        logits: false,
-        features: false,
-        set: None,
-        abstain_below: None,
-    };
-    let mut rule_given = false;
-    let (mut coverage, mut set_kind) = (None, None);
-    for (key, value) in pairs {
+/// The options of a `/v1/classify` query string, as given: unknown keys and malformed booleans
+/// are refused here, every value is resolved by the front layer. Pure, so the fuzz targets run it.
+pub fn query_options(query: &str) -> Result<RawOptions, ApiError> {
+    let mut raw = RawOptions::default();
+    for (key, value) in body::query_pairs(query)? {
         match key.as_str() {
-            "rule" => {
-                options.rule = value
-                    .parse::<Rule>()
-                    .map_err(|e| ApiError::InvalidRule(e.to_string()))?;
-                rule_given = true;
-            }
-            "prior" => options.prior = Prior::parse(&value, c).map_err(ApiError::InvalidPrior)?,
-            "top_k" => {
-                let k: usize = value.trim().parse().map_err(|_| {
-                    ApiError::InvalidTopK(format!("top_k {value:?} is not a positive integer"))
-                })?;
-                if k == 0 {
-                    return Err(ApiError::InvalidTopK("top_k must be at least 1".into()));
-                }
-                options.top_k = k.min(c);
-            }
-            "posterior" => options.posterior = body::parse_bool("posterior", &value)?,
-            "coverage" => coverage = Some(value),
-            "set" => set_kind = Some(value),
-            "abstain_below" => options.abstain_below = Some(parse_threshold(&value)?),
+            "rule" => raw.rule = Some(value),
+            "prior" => raw.prior = Some(value),
+            "top_k" => raw.top_k = Some(value),
+            "posterior" => raw.posterior = body::parse_bool("posterior", &value)?,
+            "coverage" => raw.coverage = Some(value),
+            "set" => raw.set = Some(value),
+            "abstain_below" => raw.abstain_below = Some(value),
             other => {
                 return Err(ApiError::InvalidParameter(format!(
                     "unknown query parameter {other:?} (known: top_k, rule, prior, posterior, coverage, set, abstain_below)"
@@ -392,38 +260,5 @@ pub fn parse_options(query: &str, context: &QueryContext) -> Result<RequestOptio
             }
         }
     }
-    if !available.contains(&options.rule) {
-        if rule_given {
-            let names: Vec<&str> = available.iter().map(|r| r.as_str()).collect();
-            return Err(ApiError::RuleUnavailable(format!(
-                "rule {} needs the encoder's linear head, which does not know every class of prototypes version {}; use one of: {}",
-                options.rule,
-                context.prototypes_version,
-                names.join(", ")
-            )));
-        }
-        // The server's default rule reads the linear head, which does not know every class
-        // (a class was learned from examples): the proco rule answers instead, and says so.
-        options.rule = Rule::Proco;
-    }
-    options.set =
-        SetRequest::from_parameters(coverage.as_deref(), set_kind.as_deref()).map_err(set_error)?;
-    Ok(options)
-}
-
-fn set_error(e: SetError) -> ApiError {
-    match e {
-        SetError::Invalid(m) => ApiError::InvalidCoverage(m),
-        SetError::Unavailable(m) => ApiError::ConformalUnavailable(m),
-    }
-}
-
-/// `abstain_below`: a number, then a probability in [0, 1].
-fn parse_threshold(value: &str) -> Result<f64, ApiError> {
-    let t = value.trim().parse::<f64>().map_err(|_| {
-        ApiError::InvalidParameter(format!(
-            "abstain_below {value:?} is not a probability between 0 and 1"
-        ))
-    })?;
-    abstain_threshold(t).map_err(ApiError::InvalidParameter)
+    Ok(raw)
 }

@@ -10,11 +10,8 @@ use axum::Json;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::batcher::BatchError;
-use crate::infer::InferError;
-use crate::preprocess::DecodeError;
-use crate::prototypes::change::ChangeError;
-use crate::reload::ChangeFailed;
+use crate::infer::{DecodeError, InferError};
+use crate::reload::{ChangeFailed, Refusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -189,24 +186,25 @@ impl ApiError {
     }
 }
 
-/// The front layer's errors, as every protocol answers them.
+/// The front layer's errors, as `/v1` answers them.
 impl From<InferError> for ApiError {
     fn from(e: InferError) -> Self {
         let message = e.to_string();
         match e {
+            InferError::InvalidRule(m) => ApiError::InvalidRule(m),
+            InferError::RuleUnavailable(m) => ApiError::RuleUnavailable(m),
+            InferError::InvalidPrior(m) => ApiError::InvalidPrior(m),
+            InferError::InvalidTopK(m) => ApiError::InvalidTopK(m),
+            InferError::InvalidCoverage(m) => ApiError::InvalidCoverage(m),
+            InferError::ConformalUnavailable(m) => ApiError::ConformalUnavailable(m),
+            InferError::InvalidParameter(m) => ApiError::InvalidParameter(m),
             InferError::Image { error, .. } => match error {
                 DecodeError::Empty => ApiError::EmptyBody(message),
                 DecodeError::TooLarge { .. } => ApiError::ImageTooLarge(message),
                 _ => ApiError::InvalidImage(message),
             },
             InferError::QueueFull { .. } => ApiError::QueueFull(message),
-            InferError::Batch(BatchError::Failed(m)) => ApiError::Internal(m),
-            InferError::Batch(BatchError::RuleUnavailable { .. }) => {
-                ApiError::RuleUnavailable(message)
-            }
-            InferError::Batch(BatchError::Stopped) | InferError::DecodeTask(_) => {
-                ApiError::Internal(message)
-            }
+            InferError::Failed(m) => ApiError::Internal(m),
         }
     }
 }
@@ -250,13 +248,13 @@ impl From<ChangeFailed> for ApiError {
         let message = e.to_string();
         match e {
             ChangeFailed::Refused(refusal) => match refusal {
-                ChangeError::InvalidLabel(_) => ApiError::InvalidLabel(message),
-                ChangeError::UnknownLabel(_) | ChangeError::NoSuchClass(_) => {
+                Refusal::InvalidLabel(_) => ApiError::InvalidLabel(message),
+                Refusal::UnknownLabel(_) | Refusal::NoSuchClass(_) => {
                     ApiError::UnknownLabel(message)
                 }
-                ChangeError::TooManyClasses { .. } => ApiError::TooManyClasses(message),
-                ChangeError::LastClass(_) => ApiError::LastClass(message),
-                ChangeError::BadFeatures(_) => ApiError::InvalidImage(message),
+                Refusal::TooManyClasses { .. } => ApiError::TooManyClasses(message),
+                Refusal::LastClass(_) => ApiError::LastClass(message),
+                Refusal::BadFeatures(_) => ApiError::InvalidImage(message),
             },
             ChangeFailed::UnknownVersion(_) => ApiError::UnknownVersion(message),
             ChangeFailed::Invalid(_) | ChangeFailed::Storage(_) => ApiError::Internal(message),

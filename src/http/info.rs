@@ -9,9 +9,8 @@ use axum::Json;
 use serde_json::json;
 
 use super::ApiError;
-use crate::batcher::Readiness;
+use crate::infer::{Readiness, Rule};
 use crate::state::{AppState, NotReady};
-use crate::vmf::Rule;
 
 #[utoipa::path(get, path = "/v1/model", tag = "v1", operation_id = "model",
     summary = "What is being served: labels, counts, kappa, rules, temperatures, prototypes version, provider, limits",

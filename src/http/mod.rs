@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -46,10 +46,10 @@ pub use error::ApiError;
 /// The application's routes. Body size limits are enforced by the handlers themselves
 /// (so the error is our JSON), hence axum's default limit is disabled.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/classify",
-            post(classify::classify).put(classify::classify_put),
+            post(classify::classify).put(classify::classify),
         )
         .route("/v1/model", get(info::model))
         .route("/v1/feedback", post(monitor::feedback))
@@ -85,7 +85,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/prototypes/classes/{name}",
             axum::routing::delete(admin::remove_class),
         )
-        .route("/admin/prototypes/rollback", post(admin::rollback))
+        .route("/admin/prototypes/rollback", post(admin::rollback));
+    // Tests only (`fault_injection`): inside the panic guard, like a handler's own fault.
+    let routes = if state.config.fault_injection {
+        routes.layer(middleware::from_fn(inject_fault))
+    } else {
+        routes
+    };
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
@@ -96,12 +103,40 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such endpoint".into())
+/// An unknown route: in the Open Inference Protocol's error shape under `/v2` (what its clients
+/// can read), in ours elsewhere.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let message = format!("no such endpoint: {}", uri.path());
+    if is_v2(&uri) {
+        v2::V2Error(crate::oip::OipError::NotFound(message)).into_response()
+    } else {
+        ApiError::NotFound(message).into_response()
+    }
 }
 
-async fn method_not_allowed(method: axum::http::Method) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{method} is not allowed on this endpoint"))
+/// With `fault_injection` on, a request with `X-Proco-Fault: panic` panics in its handler.
+async fn inject_fault(request: Request, next: Next) -> Response {
+    if request
+        .headers()
+        .get("x-proco-fault")
+        .is_some_and(|v| v == "panic")
+    {
+        panic!("a fault injected by the test switch (fault_injection)");
+    }
+    next.run(request).await
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let message = format!("{method} is not allowed on {}", uri.path());
+    if is_v2(&uri) {
+        v2::V2Error(crate::oip::OipError::MethodNotAllowed(message)).into_response()
+    } else {
+        ApiError::MethodNotAllowed(message).into_response()
+    }
+}
+
+fn is_v2(uri: &axum::http::Uri) -> bool {
+    uri.path() == "/v2" || uri.path().starts_with("/v2/")
 }
 
 /// Counts every response in `proco_http_requests_total{route,status}`, times it in

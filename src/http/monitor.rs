@@ -13,9 +13,7 @@ use serde_json::{json, Value};
 
 use super::ApiError;
 use crate::feedback::FeedbackError;
-use crate::prototypes::Prototypes;
-use crate::state::{AppState, Serving};
-use crate::vmf::metrics::{kl_divergence, total_variation};
+use crate::state::AppState;
 
 /// The body of `POST /v1/feedback`.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -85,7 +83,7 @@ pub async fn monitoring(State(state): State<Arc<AppState>>) -> Result<Json<Value
         .cloned()
         .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
     let protos = serving.store.snapshot();
-    let drift = PriorDrift::now(&serving, &protos);
+    let drift = serving.engine.prior_drift(&protos);
     let decisions = |r: &str| {
         state
             .metrics
@@ -112,35 +110,11 @@ pub async fn monitoring(State(state): State<Arc<AppState>>) -> Result<Json<Value
 }
 
 /// The adaptive prior against the training prior, read once.
-struct PriorDrift {
-    train: Vec<f64>,
-    adaptive: Vec<f64>,
-    samples: usize,
-    total_variation: f64,
-    kl: f64,
-}
-
-impl PriorDrift {
-    fn now(serving: &Serving, protos: &Prototypes) -> Self {
-        let (adaptive, samples) = serving.engine.adaptive_estimate(protos);
-        let train = protos.classes.train_prior();
-        PriorDrift {
-            total_variation: total_variation(&adaptive, &train),
-            kl: kl_divergence(&adaptive, &train),
-            train,
-            adaptive,
-            samples,
-        }
-    }
-}
-
-/// Sets the gauges read from state rather than counted as requests go (called at scrape
-/// time): the adaptive prior and its drift from the training prior, and the feedback window.
 pub fn refresh_gauges(state: &AppState) {
     let metrics = &state.metrics;
     if let Some(serving) = state.serving() {
         let protos = serving.store.snapshot();
-        let drift = PriorDrift::now(serving, &protos);
+        let drift = serving.engine.prior_drift(&protos);
         // Labels change when classes are learned or removed: only the served ones are shown.
         metrics.adaptive_prior.reset();
         for (label, q) in protos.classes.labels().iter().zip(&drift.adaptive) {

@@ -22,6 +22,37 @@ impl Modify for BearerAuth {
     }
 }
 
+/// One handler may serve several methods (`POST` and `PUT /v1/classify`); OpenAPI wants each
+/// operation's id unique, so every method after the first gets its name appended.
+struct UniqueOperationIds;
+
+impl Modify for UniqueOperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let mut seen = std::collections::HashSet::new();
+            let operations = [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("put", &mut item.put),
+                ("delete", &mut item.delete),
+                ("patch", &mut item.patch),
+                ("head", &mut item.head),
+                ("options", &mut item.options),
+                ("trace", &mut item.trace),
+            ];
+            for (method, operation) in operations {
+                let Some(id) = operation.as_mut().and_then(|o| o.operation_id.as_mut()) else {
+                    continue;
+                };
+                if !seen.insert(id.clone()) {
+                    id.push('_');
+                    id.push_str(method);
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -30,7 +61,6 @@ impl Modify for BearerAuth {
     ),
     paths(
         super::classify::classify,
-        super::classify::classify_put,
         super::info::model,
         super::info::versions,
         super::monitor::feedback,
@@ -56,7 +86,7 @@ impl Modify for BearerAuth {
         page,
     ),
     components(schemas(ErrorBody, ErrorDetail, V2ErrorBody, super::monitor::FeedbackBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &UniqueOperationIds),
     tags(
         (name = "v1", description = "Classification, the model, prototype versions"),
         (name = "v2", description = "Open Inference Protocol v2"),
