@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{plot, rule_logits, Encoded, RuleLogits, Setup};
 use crate::prototypes::{ConformalRule, ConformalSection, CONFORMAL_SCORE};
-use crate::vmf::conformal::{evaluate_sets, ConformalScores, SetKind};
+use crate::vmf::conformal::{evaluate_sets, ConformalScores, SetEvaluation, SetKind};
 use crate::vmf::metrics::{argmax, frequency_group};
 use crate::vmf::{posterior, Rule};
 
@@ -121,52 +121,66 @@ pub fn grade_sets(
                     }
                 };
                 let e = evaluate_sets(p.view(), &set.labels, &thresholds);
-                let (worst, worst_cov) = e
-                    .class_coverage
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| !c.is_nan())
-                    .min_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, &c)| (labels[i].as_str(), c))
-                    .unwrap_or(("-", f64::NAN));
-                let group_size = |g: usize| {
-                    let (mut sum, mut n) = (0.0, 0usize);
-                    for y in set.labels.iter().filter(|&&y| groups[y] == g) {
-                        sum += e.class_mean_size[*y];
-                        n += 1;
-                    }
-                    if n == 0 {
-                        f64::NAN
-                    } else {
-                        sum / n as f64
-                    }
-                };
-                let sizes = [group_size(0), group_size(1), group_size(2)];
-                println!(
-                    "{:<9} {:<9} {level:>6} {:>8.4} {:>8.4} {:<12} {:>6.3} {:>6} {:>6} {:>6} {:>6.3}",
-                    rule.as_str(),
-                    kind.as_str(),
-                    e.coverage,
-                    worst_cov,
-                    worst,
-                    e.mean_size,
-                    num(sizes[0]),
-                    num(sizes[1]),
-                    num(sizes[2]),
-                    e.empty
-                );
-                rows.push(json!({
-                    "rule": rule, "kind": kind, "level": level, "coverage": e.coverage,
-                    "worst_class": worst, "worst_class_coverage": worst_cov,
-                    "class_coverage": labels.iter().zip(&e.class_coverage).map(|(l, c)| (l.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
-                    "mean_size": e.mean_size,
-                    "mean_size_many": sizes[0], "mean_size_medium": sizes[1], "mean_size_few": sizes[2],
-                    "empty": e.empty, "n": e.n,
-                }));
+                rows.push(set_row(rule, kind, level, &e, labels, &groups, &set.labels));
             }
         }
     }
     Ok(rows)
+}
+
+/// Prints one level's line of the table and returns its report row.
+fn set_row(
+    rule: Rule,
+    kind: SetKind,
+    level: f64,
+    e: &SetEvaluation,
+    labels: &[String],
+    groups: &[usize],
+    truth: &[usize],
+) -> Value {
+    let (worst, worst_cov) = e
+        .class_coverage
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.is_nan())
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, &c)| (labels[i].as_str(), c))
+        .unwrap_or(("-", f64::NAN));
+    // Mean set size over the images of each frequency group (many, medium, few).
+    let group_size = |g: usize| {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for y in truth.iter().filter(|&&y| groups[y] == g) {
+            sum += e.class_mean_size[*y];
+            n += 1;
+        }
+        if n == 0 {
+            f64::NAN
+        } else {
+            sum / n as f64
+        }
+    };
+    let sizes = [group_size(0), group_size(1), group_size(2)];
+    println!(
+        "{:<9} {:<9} {level:>6} {:>8.4} {:>8.4} {:<12} {:>6.3} {:>6} {:>6} {:>6} {:>6.3}",
+        rule.as_str(),
+        kind.as_str(),
+        e.coverage,
+        worst_cov,
+        worst,
+        e.mean_size,
+        num(sizes[0]),
+        num(sizes[1]),
+        num(sizes[2]),
+        e.empty
+    );
+    json!({
+        "rule": rule, "kind": kind, "level": level, "coverage": e.coverage,
+        "worst_class": worst, "worst_class_coverage": worst_cov,
+        "class_coverage": labels.iter().zip(&e.class_coverage).map(|(l, c)| (l.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
+        "mean_size": e.mean_size,
+        "mean_size_many": sizes[0], "mean_size_medium": sizes[1], "mean_size_few": sizes[2],
+        "empty": e.empty, "n": e.n,
+    })
 }
 
 fn num(v: f64) -> String {
@@ -256,22 +270,32 @@ pub fn risk_coverage(
         );
     }
     if let Some(path) = png {
-        plot::draw_risk_coverage(&curves)
-            .save(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!(
-            "wrote {} (x: share answered, 0 to 1; y: accuracy on the answered, 0.7 to 1, grid every 0.05; {})",
-            path.display(),
-            setup
-                .rules
-                .iter()
-                .zip(plot::CURVE_COLOURS_NAMED)
-                .map(|(r, c)| format!("{r} {c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        write_risk_coverage(path, setup, &curves)?;
     }
     Ok(json!({"prior": prior_name, "rules": out}))
+}
+
+/// The risk-coverage curves as a PNG, one colour per rule.
+fn write_risk_coverage(
+    path: &Path,
+    setup: &Setup,
+    curves: &[Vec<(f64, f64)>],
+) -> anyhow::Result<()> {
+    plot::draw_risk_coverage(curves)
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "wrote {} (x: share answered, 0 to 1; y: accuracy on the answered, 0.7 to 1, grid every 0.05; {})",
+        path.display(),
+        setup
+            .rules
+            .iter()
+            .zip(plot::CURVE_COLOURS_NAMED)
+            .map(|(r, c)| format!("{r} {c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
 }
 
 fn pct(v: f64) -> String {

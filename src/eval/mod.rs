@@ -21,8 +21,10 @@
 //! prints the table and builds the JSON rows, [`decisions`] grades prediction sets and
 //! abstention, [`plot`] draws the reliability diagram and the risk-coverage curves.
 
+mod args;
 mod dataset;
 mod decisions;
+mod grade;
 mod plot;
 mod report;
 
@@ -32,19 +34,20 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use ndarray::{Array2, Array4, ArrayView2, Axis};
+use ndarray::{Array2, Array4, Axis};
 use serde_json::{json, Value};
 
-use crate::encoder::{Encode, Encoder, ProviderChoice, Threads};
+use crate::encoder::{Encode, Encoder, Threads};
 use crate::engine::PriorName;
 use crate::manifest::{EncoderVariant, ModelManifest};
 use crate::preprocess::{self, DecodeLimits};
 use crate::prototypes::{self, EncoderShape, Prototypes};
-use crate::vmf::{
-    self, em_label_shift, evaluate, fit_temperature, posterior, reliability_bins, Rule,
-};
+use crate::vmf::{self, evaluate, fit_temperature, Rule};
+pub use args::EvalArgs;
+use args::EvalPrior;
 use dataset::label_counts;
-use report::{per_label, Row};
+use grade::{grade, write_reliability};
+use report::per_label;
 
 /// EM stopping rule for the offline adaptive prior (the notes: 1e-8 is plenty in production).
 const EM_TOLERANCE: f64 = 1e-8;
@@ -54,113 +57,6 @@ type Bins = Vec<(f64, f64, usize)>;
 
 /// Reliability diagram bins (as the ECE).
 const BINS: usize = vmf::metrics::ECE_BINS;
-
-/// Options of `proco-serve eval`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct EvalArgs {
-    /// Model directory with model.toml, the encoder and prototypes.json
-    #[arg(long, default_value = "models/cifar10-lt")]
-    pub model_dir: PathBuf,
-    /// Encoder graph: fp32 | int8 (the server's encoder_variant setting)
-    #[arg(long, env = "PROCO_ENCODER_VARIANT", default_value = "fp32", value_parser = parse_variant)]
-    pub encoder_variant: EncoderVariant,
-    /// Use the prototypes file's temperatures even when model.toml gives the variant its own
-    /// (to measure how the fp32 temperatures hold on the variant's features)
-    #[arg(long)]
-    pub prototypes_temperatures: bool,
-    /// Labelled test folder: <DIR>/<label>/*.jpg|*.jpeg|*.png, folder names as the prototypes' labels
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// Priors, comma-separated: uniform, train, adaptive (EM over the evaluated set), oracle (its true label distribution)
-    #[arg(long, value_delimiter = ',', default_value = "uniform,train,adaptive")]
-    pub prior: Vec<String>,
-    /// Rules, comma-separated (default: linear,proco,vmf,ensemble)
-    #[arg(long, value_delimiter = ',')]
-    pub rule: Vec<Rule>,
-    /// Label shift: subsample the set so class k keeps a share proportional to `train` (the training
-    /// prior), `uniform`, or explicit weights w1,w2,...; the most constrained class is kept whole
-    #[arg(long, value_name = "train|uniform|w1,w2,...")]
-    pub shift: Option<String>,
-    /// Smallest probability the adaptive prior gives any class (the server's adaptive_floor)
-    #[arg(long, default_value_t = 1e-4)]
-    pub adaptive_floor: f64,
-    /// Seed of the --shift subsampling
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Use at most this many images per class (before --shift), for quick runs
-    #[arg(long, value_name = "N")]
-    pub max_per_class: Option<usize>,
-    /// Write a JSON report (every row, per-class counts, EM estimate, reliability bins) here
-    #[arg(long, value_name = "OUT.json")]
-    pub report: Option<PathBuf>,
-    /// Write a reliability diagram here: one panel per rule (columns), T = 1 on top and the
-    /// fitted T below, for the first --prior; bars = accuracy per confidence bin, red = gap to
-    /// the mean confidence, black = the diagonal
-    #[arg(long, value_name = "OUT.png")]
-    pub reliability: Option<PathBuf>,
-    /// Fit each rule's temperature on this labelled validation folder (NLL with q = its label
-    /// distribution); the fitted temperatures are then used for the evaluation
-    #[arg(long, value_name = "VAL_DIR")]
-    pub fit_temperatures: Option<PathBuf>,
-    /// Compute split-conformal scores (1 - p_y on the balanced probabilities) of every rule on
-    /// this labelled validation folder (never the test set), at the temperatures in use
-    #[arg(long, value_name = "VAL_DIR")]
-    pub fit_conformal: Option<PathBuf>,
-    /// With --fit-temperatures or --fit-conformal: write the prototypes with what was fitted and a new version here
-    #[arg(long, value_name = "OUT.json")]
-    pub write_prototypes: Option<PathBuf>,
-    /// Coverage levels at which prediction sets are graded
-    #[arg(long, value_delimiter = ',', default_value = "0.8,0.9,0.95")]
-    pub coverage: Vec<f64>,
-    /// Draw the risk-coverage curves (accuracy on the answered images against the share answered) here
-    #[arg(long, value_name = "OUT.png")]
-    pub risk_coverage: Option<PathBuf>,
-    /// Write the balanced probabilities and labels of the calibration (--fit-conformal) and test
-    /// images per rule here, for an independent check of the prediction sets
-    #[arg(long, value_name = "OUT.json", requires = "fit_conformal")]
-    pub export_scores: Option<PathBuf>,
-    /// Images per encoder batch
-    #[arg(long, default_value_t = 256)]
-    pub batch_size: usize,
-    /// Where the encoder runs
-    #[arg(long, value_enum, default_value = "auto")]
-    pub provider: ProviderChoice,
-    /// ONNX Runtime intra-op threads (0: ONNX Runtime decides)
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-}
-
-fn parse_variant(s: &str) -> Result<EncoderVariant, String> {
-    s.parse()
-}
-
-/// A prior `eval` can score under: one the server has, or the evaluated set's own label
-/// distribution (the best any prior could do).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum EvalPrior {
-    Serving(PriorName),
-    Oracle,
-}
-
-impl EvalPrior {
-    fn parse(s: &str) -> anyhow::Result<Self> {
-        match s.trim() {
-            "oracle" => Ok(EvalPrior::Oracle),
-            other => other.parse().map(EvalPrior::Serving).map_err(|_| {
-                anyhow::anyhow!(
-                    "unknown prior {other:?}; valid priors are uniform, train, adaptive, oracle"
-                )
-            }),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            EvalPrior::Serving(p) => p.as_str(),
-            EvalPrior::Oracle => "oracle",
-        }
-    }
-}
 
 /// Encoder outputs of a labelled set, row i for image i.
 struct Encoded {
@@ -181,6 +77,67 @@ struct Setup {
 
 /// Runs the `eval` subcommand.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    check_args(&args)?;
+    let mut setup = load(&args)?;
+    let (mut temperatures, temperatures_from) = serving_temperatures(&setup, &args);
+    if let Some(val_dir) = &args.fit_temperatures {
+        fit_temperatures(&mut setup, val_dir, args.batch_size, &mut temperatures)?;
+    }
+    let calibrated = calibrate(&mut setup, &args, &temperatures)?;
+    let Some(data) = &args.data else {
+        return Ok(());
+    };
+    let (set, shift_info) = encode_test_set(&mut setup, data, &args)?;
+    let logits = rule_logits(&setup, &set, &setup.rules)?;
+    let graded = grade(&setup, &set, &logits, &temperatures, args.adaptive_floor)?;
+    if let Some(path) = &args.reliability {
+        write_reliability(path, &setup, graded.panels)?;
+    }
+    let sets = if calibrated.conformal.is_empty() {
+        eprintln!("note: no conformal scores (run with --fit-conformal VAL_DIR): prediction sets are not graded");
+        Vec::new()
+    } else {
+        decisions::grade_sets(
+            &setup,
+            &set,
+            &logits,
+            &temperatures,
+            &calibrated.conformal,
+            &args.coverage,
+        )?
+    };
+    let risk = risk_coverage(&setup, &set, &logits, &temperatures, &args)?;
+    if let (Some(path), Some(val)) = (&args.export_scores, &calibrated.validation) {
+        decisions::export(&setup, val, &set, &logits, &temperatures, path)?;
+    }
+    if let Some(path) = &args.report {
+        let temperatures_from = match args.fit_temperatures {
+            Some(_) => "refitted",
+            None => temperatures_from.as_str(),
+        };
+        let report = json!({
+            "model": setup.manifest.name, "prototypes_version": setup.protos.version, "data": data.display().to_string(),
+            "provider": setup.encoder.provider(), "encoder_variant": args.encoder_variant,
+            "temperatures_from": temperatures_from,
+            "images": set.labels.len(), "skipped": set.skipped,
+            "per_class": per_label(setup.protos.classes.labels(), &label_counts(&set.labels, setup.protos.classes.num_classes())),
+            "shift": shift_info,
+            "temperatures": Rule::ALL.iter().map(|r| (r.to_string(), json!(temperatures[r]))).collect::<serde_json::Map<_, _>>(),
+            "temperatures_refitted": args.fit_temperatures.is_some(),
+            "bins": BINS, "em": {"tolerance": EM_TOLERANCE, "max_iterations": EM_MAX_ITERATIONS, "floor": args.adaptive_floor},
+            "rows": graded.rows, "reliability": graded.reliability,
+            "prediction_sets": sets, "risk_coverage": risk,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Refuses combinations of options that would do nothing, or write what the server would not
+/// serve.
+fn check_args(args: &EvalArgs) -> anyhow::Result<()> {
     let fits = args.fit_temperatures.is_some() || args.fit_conformal.is_some();
     if args.data.is_none() && !fits {
         bail!("nothing to do: give --data DIR (evaluate) and/or --fit-temperatures / --fit-conformal VAL_DIR");
@@ -194,21 +151,25 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if fits && args.write_prototypes.is_none() {
         eprintln!("note: without --write-prototypes the fitted values are used for this run only");
     }
-    let mut setup = load(&args)?;
-    // As the server: the variant's own temperatures if model.toml has them, else the file's.
+    Ok(())
+}
+
+/// The temperature of every rule as the server would use it: the variant's own if model.toml
+/// has them, else the prototypes file's; and where they came from.
+fn serving_temperatures(setup: &Setup, args: &EvalArgs) -> (HashMap<Rule, f64>, String) {
     let variant_temperatures = setup
         .manifest
         .temperatures
         .clone()
         .filter(|_| !args.prototypes_temperatures);
-    let temperatures_from = match &variant_temperatures {
+    let from = match &variant_temperatures {
         Some(_) => format!(
             "model.toml [variants.{}.temperatures]",
             args.encoder_variant
         ),
         None => "prototypes".to_string(),
     };
-    let mut temperatures: HashMap<Rule, f64> = Rule::ALL
+    let temperatures = Rule::ALL
         .iter()
         .map(|&r| {
             let t = variant_temperatures
@@ -217,11 +178,22 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             (r, t)
         })
         .collect();
-    if let Some(val_dir) = &args.fit_temperatures {
-        fit_temperatures(&mut setup, val_dir, args.batch_size, &mut temperatures)?;
-    }
-    // Conformal scores: fitted now, or those the prototypes carry (only while the
-    // temperatures they were computed at are still the ones used).
+    (temperatures, from)
+}
+
+/// The conformal scores of the run, and the validation set they were fitted on.
+struct Calibrated {
+    conformal: HashMap<Rule, vmf::ConformalScores>,
+    validation: Option<Encoded>,
+}
+
+/// Conformal scores: fitted now (`--fit-conformal`), or those the prototypes carry while the
+/// temperatures they were computed at are still the ones used; then `--write-prototypes`.
+fn calibrate(
+    setup: &mut Setup,
+    args: &EvalArgs,
+    temperatures: &HashMap<Rule, f64>,
+) -> anyhow::Result<Calibrated> {
     let mut conformal: HashMap<Rule, _> = setup
         .protos
         .conformal
@@ -232,93 +204,59 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if conformal.len() < setup.protos.conformal.len() && args.fit_conformal.is_none() {
         eprintln!("note: the prototypes' conformal scores were computed at other temperatures than this run's (another encoder variant, or refitted): those rules' sets are not graded");
     }
-    let mut calibration = None;
-    let mut section = None;
+    let (mut validation, mut section) = (None, None);
     if let Some(val_dir) = &args.fit_conformal {
         let items = dataset::scan(val_dir, setup.protos.classes.labels())?;
-        let val = encode(&mut setup, &items, args.batch_size, "conformal calibration")?;
-        let (fitted_section, fitted) = decisions::fit(&setup, &val, &temperatures, val_dir)?;
+        let val = encode(setup, &items, args.batch_size, "conformal calibration")?;
+        let (fitted_section, fitted) = decisions::fit(setup, &val, temperatures, val_dir)?;
         conformal = fitted;
         section = Some(fitted_section);
-        calibration = Some(val);
+        validation = Some(val);
     }
     if let Some(out) = &args.write_prototypes {
         let version = prototypes::write_calibrated(
             &setup.manifest.prototypes_path,
             out,
-            &temperatures,
+            temperatures,
             section,
         )?;
         eprintln!("wrote {} (version {version})", out.display());
     }
-    let Some(data) = &args.data else {
-        return Ok(());
-    };
-    let (set, shift_info) = encode_test_set(&mut setup, data, &args)?;
-    let logits = rule_logits(&setup, &set, &setup.rules)?;
-    let graded = grade(&setup, &set, &logits, &temperatures, args.adaptive_floor)?;
-    if let Some(path) = &args.reliability {
-        write_reliability(path, &setup, graded.panels)?;
-    }
-    let sets = if conformal.is_empty() {
-        eprintln!("note: no conformal scores (run with --fit-conformal VAL_DIR): prediction sets are not graded");
-        Vec::new()
-    } else {
-        decisions::grade_sets(
-            &setup,
-            &set,
-            &logits,
-            &temperatures,
-            &conformal,
-            &args.coverage,
-        )?
-    };
-    let first_prior = setup.priors[0];
+    Ok(Calibrated {
+        conformal,
+        validation,
+    })
+}
+
+/// The risk-coverage of abstention under the first `--prior` when it is a fixed one (else
+/// uniform).
+fn risk_coverage(
+    setup: &Setup,
+    set: &Encoded,
+    logits: &RuleLogits,
+    temperatures: &HashMap<Rule, f64>,
+    args: &EvalArgs,
+) -> anyhow::Result<Value> {
     let c = setup.protos.classes.num_classes();
-    let log_q: Vec<f64> = match first_prior {
-        EvalPrior::Serving(PriorName::Train) => setup.protos.classes.log_train_prior().to_vec(),
-        EvalPrior::Serving(PriorName::Uniform) => vec![0.0; c],
+    let (log_q, prior_name) = match setup.priors[0] {
+        EvalPrior::Serving(PriorName::Train) => {
+            (setup.protos.classes.log_train_prior().to_vec(), "train")
+        }
+        EvalPrior::Serving(PriorName::Uniform) => (vec![0.0; c], "uniform"),
         _ => {
             eprintln!("note: the risk-coverage table uses the uniform prior (the first --prior is not a fixed one)");
-            vec![0.0; c]
+            (vec![0.0; c], "uniform")
         }
     };
-    let prior_name = match first_prior {
-        EvalPrior::Serving(PriorName::Train) => "train",
-        _ => "uniform",
-    };
-    let risk = decisions::risk_coverage(
-        &setup,
-        &set,
-        &logits,
-        &temperatures,
+    decisions::risk_coverage(
+        setup,
+        set,
+        logits,
+        temperatures,
         &log_q,
         prior_name,
         args.risk_coverage.as_deref(),
-    )?;
-    if let (Some(path), Some(val)) = (&args.export_scores, &calibration) {
-        decisions::export(&setup, val, &set, &logits, &temperatures, path)?;
-    }
-    if let Some(path) = &args.report {
-        let classes = &setup.protos.classes;
-        let counts = label_counts(&set.labels, classes.num_classes());
-        let report = json!({
-            "model": setup.manifest.name, "prototypes_version": setup.protos.version, "data": data.display().to_string(),
-            "provider": setup.encoder.provider(), "encoder_variant": args.encoder_variant,
-            "temperatures_from": if args.fit_temperatures.is_some() { "refitted" } else { temperatures_from.as_str() },
-            "images": set.labels.len(), "skipped": set.skipped,
-            "per_class": per_label(classes.labels(), &counts), "shift": shift_info,
-            "temperatures": Rule::ALL.iter().map(|r| (r.to_string(), json!(temperatures[r]))).collect::<serde_json::Map<_, _>>(),
-            "temperatures_refitted": args.fit_temperatures.is_some(),
-            "bins": BINS, "em": {"tolerance": EM_TOLERANCE, "max_iterations": EM_MAX_ITERATIONS, "floor": args.adaptive_floor},
-            "rows": graded.rows, "reliability": graded.reliability,
-            "prediction_sets": sets, "risk_coverage": risk,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    )
 }
 
 /// Reads the arguments' priors and rules, the model and its prototypes, and loads the encoder.
@@ -460,125 +398,6 @@ fn rule_logits(setup: &Setup, set: &Encoded, rules: &[Rule]) -> anyhow::Result<R
                 .map_err(Into::into)
         })
         .collect()
-}
-
-/// The graded set: the report's rows and reliability bins, and the diagram's panels.
-struct Graded {
-    rows: Vec<Value>,
-    reliability: serde_json::Map<String, Value>,
-    /// Rule-major: for each rule, the uncalibrated then the fitted panel (first prior).
-    panels: Vec<Bins>,
-}
-
-/// Every rule, uncalibrated and fitted, under every prior: prints the table as it goes.
-fn grade(
-    setup: &Setup,
-    set: &Encoded,
-    logits: &RuleLogits,
-    temperatures: &HashMap<Rule, f64>,
-    adaptive_floor: f64,
-) -> anyhow::Result<Graded> {
-    let classes = &setup.protos.classes;
-    let labels = &set.labels;
-    let c = classes.num_classes();
-    let counts = label_counts(labels, c);
-    let oracle: Vec<f64> = counts
-        .iter()
-        .map(|&k| (k as f64 / labels.len() as f64).max(adaptive_floor))
-        .collect();
-    report::print_header();
-    let mut graded = Graded {
-        rows: Vec::new(),
-        reliability: serde_json::Map::new(),
-        panels: Vec::new(),
-    };
-    for &rule in &setup.rules {
-        let g = &logits[&rule];
-        for (calibrated, t) in [(false, 1.0), (true, temperatures[&rule])] {
-            for (pi, &prior) in setup.priors.iter().enumerate() {
-                let (q, em_iterations) = match prior {
-                    EvalPrior::Serving(PriorName::Uniform) => (vec![1.0 / c as f64; c], None),
-                    EvalPrior::Serving(PriorName::Train) => (classes.train_prior(), None),
-                    EvalPrior::Oracle => (oracle.clone(), None),
-                    EvalPrior::Serving(PriorName::Adaptive) => {
-                        let (q, it) =
-                            adaptive_prior(g.view(), t, &classes.train_prior(), adaptive_floor);
-                        (q, Some(it))
-                    }
-                };
-                let log_q: Vec<f64> = match prior {
-                    EvalPrior::Serving(PriorName::Train) => classes.log_train_prior().to_vec(),
-                    _ => q.iter().map(|v| v.ln()).collect(),
-                };
-                let row = Row {
-                    rule,
-                    calibrated,
-                    temperature: t,
-                    prior: prior.name(),
-                    metrics: evaluate(g.view(), t, &log_q, labels, classes.counts()),
-                    prior_vector: (prior != EvalPrior::Serving(PriorName::Uniform)).then_some(q),
-                    em_iterations,
-                };
-                report::print_row(&row);
-                graded.rows.push(row.to_json());
-                if pi == 0 {
-                    let probs = posterior(g.view(), t, &log_q);
-                    let bins = reliability_bins(probs.view(), labels, BINS);
-                    graded.reliability.insert(
-                        format!("{rule}/{}/{}", row.calibration(), prior.name()),
-                        json!(bins
-                            .iter()
-                            .map(|&(conf, acc, n)| json!([conf, acc, n]))
-                            .collect::<Vec<_>>()),
-                    );
-                    graded.panels.push(bins);
-                }
-            }
-        }
-    }
-    Ok(graded)
-}
-
-fn write_reliability(path: &Path, setup: &Setup, panels: Vec<Bins>) -> anyhow::Result<()> {
-    // Columns: rules; rows: uncalibrated, fitted (the panels are rule-major).
-    let mut grid = vec![Vec::new(); 2];
-    for (i, bins) in panels.into_iter().enumerate() {
-        grid[i % 2].push(bins);
-    }
-    plot::draw_reliability(&grid)
-        .save(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    eprintln!(
-        "wrote {} (columns: {}; top row T = 1, bottom row fitted T; prior {})",
-        path.display(),
-        setup
-            .rules
-            .iter()
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        setup.priors[0].name()
-    );
-    Ok(())
-}
-
-/// Saerens EM over all calibrated rows g/T, from the training prior; floored and renormalised.
-fn adaptive_prior(
-    g: ArrayView2<f64>,
-    t: f64,
-    train_prior: &[f64],
-    floor: f64,
-) -> (Vec<f64>, usize) {
-    let calibrated = g.mapv(|v| v / t);
-    let (q, it) = em_label_shift(
-        calibrated.view(),
-        train_prior,
-        EM_MAX_ITERATIONS,
-        EM_TOLERANCE,
-    );
-    let floored: Vec<f64> = q.iter().map(|v| v.max(floor)).collect();
-    let total: f64 = floored.iter().sum();
-    (floored.iter().map(|v| v / total).collect(), it)
 }
 
 /// Prepares (the server's decode + preprocess) and encodes the images in batches, printing

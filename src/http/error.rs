@@ -13,177 +13,92 @@ use utoipa::ToSchema;
 use crate::infer::{DecodeError, InferError};
 use crate::reload::{ChangeFailed, Refusal};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// 400 empty_body: no bytes where an image was expected.
-    #[error("{0}")]
-    EmptyBody(String),
-    /// 415 unsupported_media_type: Content-Type is not image/*, octet-stream or multipart.
-    #[error("{0}")]
-    UnsupportedMediaType(String),
-    /// 422 invalid_image: not an image we can decode (garbage, truncated, zero-sized...).
-    #[error("{0}")]
-    InvalidImage(String),
-    /// 413 image_too_large: more pixels than `max_pixels` (checked before decoding).
-    #[error("{0}")]
-    ImageTooLarge(String),
-    /// 413 body_too_large: request body over `max_body_bytes`.
-    #[error("{0}")]
-    BodyTooLarge(String),
-    /// 413 too_many_images: more multipart parts than `max_images_per_request`.
-    #[error("{0}")]
-    TooManyImages(String),
-    /// 400 invalid_multipart: a malformed multipart body.
-    #[error("{0}")]
-    InvalidMultipart(String),
-    /// 408 request_timeout: the body did not arrive within body_read_timeout_ms.
-    #[error("{0}")]
-    RequestTimeout(String),
-    /// 400 incomplete_body: the body ended early or broke off (fewer bytes than Content-Length).
-    #[error("{0}")]
-    IncompleteBody(String),
-    /// 400 invalid_rule.
-    #[error("{0}")]
-    InvalidRule(String),
-    /// 400 invalid_prior.
-    #[error("{0}")]
-    InvalidPrior(String),
-    /// 400 invalid_top_k.
-    #[error("{0}")]
-    InvalidTopK(String),
-    /// 400 invalid_coverage: a coverage level outside (0, 1), finer than the calibration
-    /// scores support, or an unknown set kind.
-    #[error("{0}")]
-    InvalidCoverage(String),
-    /// 400 conformal_unavailable: the prototypes served have no conformal scores for the rule.
-    #[error("{0}")]
-    ConformalUnavailable(String),
-    /// 400 invalid_feedback: a feedback body that is not {id, label} or names no class.
-    #[error("{0}")]
-    InvalidFeedback(String),
-    /// 404 unknown_id: no answer with that id is waiting for feedback (never given, or expired).
-    #[error("{0}")]
-    UnknownId(String),
-    /// 409 feedback_exists: the answer already has its label.
-    #[error("{0}")]
-    FeedbackExists(String),
-    /// 400 invalid_parameter: any other bad query parameter.
-    #[error("{0}")]
-    InvalidParameter(String),
-    /// 401 unauthorized: admin endpoint without the right bearer token.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// 403 admin_disabled: no admin token configured.
-    #[error("{0}")]
-    AdminDisabled(String),
-    /// 422 invalid_prototypes: an admin reload found an invalid file (still serving the old).
-    #[error("{0}")]
-    InvalidPrototypes(String),
-    /// 400 rule_unavailable: the rule needs the linear head, which does not know every class.
-    #[error("{0}")]
-    RuleUnavailable(String),
-    /// 400 invalid_label: empty, over 128 bytes, or with control characters.
-    #[error("{0}")]
-    InvalidLabel(String),
-    /// 404 unknown_label: no such class (learning without create=true, or removing).
-    #[error("{0}")]
-    UnknownLabel(String),
-    /// 404 unknown_version: no kept version with that id.
-    #[error("{0}")]
-    UnknownVersion(String),
-    /// 409 last_class: the only class cannot be removed.
-    #[error("{0}")]
-    LastClass(String),
-    /// 422 too_many_classes: creating a class would exceed max_classes.
-    #[error("{0}")]
-    TooManyClasses(String),
-    /// 503 queue_full, with Retry-After.
-    #[error("{0}")]
-    QueueFull(String),
-    /// 503 not_ready: the model is still loading.
-    #[error("{0}")]
-    NotReady(String),
-    /// 404 not_found.
-    #[error("{0}")]
-    NotFound(String),
-    /// 405 method_not_allowed.
-    #[error("{0}")]
-    MethodNotAllowed(String),
-    /// 500 internal: our fault (the inference thread failed).
-    #[error("{0}")]
-    Internal(String),
+/// The error variants, each with its status and its stable code, in one table.
+macro_rules! api_errors {
+    ($( $(#[doc = $doc:literal])* $variant:ident => $status:ident, $code:literal; )*) => {
+        #[derive(Debug, thiserror::Error)]
+        pub enum ApiError {
+            $( $(#[doc = $doc])* #[error("{0}")] $variant(String), )*
+        }
+
+        impl ApiError {
+            pub fn status(&self) -> StatusCode {
+                match self { $( ApiError::$variant(_) => StatusCode::$status, )* }
+            }
+
+            /// Stable, for programs.
+            pub fn code(&self) -> &'static str {
+                match self { $( ApiError::$variant(_) => $code, )* }
+            }
+        }
+    };
 }
 
-impl ApiError {
-    pub fn status(&self) -> StatusCode {
-        use ApiError::*;
-        match self {
-            EmptyBody(_)
-            | InvalidMultipart(_)
-            | IncompleteBody(_)
-            | InvalidRule(_)
-            | InvalidPrior(_)
-            | InvalidTopK(_)
-            | InvalidParameter(_)
-            | RuleUnavailable(_)
-            | InvalidLabel(_)
-            | InvalidCoverage(_)
-            | ConformalUnavailable(_)
-            | InvalidFeedback(_) => StatusCode::BAD_REQUEST,
-            UnknownLabel(_) | UnknownVersion(_) | UnknownId(_) => StatusCode::NOT_FOUND,
-            FeedbackExists(_) => StatusCode::CONFLICT,
-            RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            LastClass(_) => StatusCode::CONFLICT,
-            TooManyClasses(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            InvalidImage(_) | InvalidPrototypes(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ImageTooLarge(_) | BodyTooLarge(_) | TooManyImages(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AdminDisabled(_) => StatusCode::FORBIDDEN,
-            NotFound(_) => StatusCode::NOT_FOUND,
-            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            QueueFull(_) | NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        use ApiError::*;
-        match self {
-            EmptyBody(_) => "empty_body",
-            UnsupportedMediaType(_) => "unsupported_media_type",
-            InvalidImage(_) => "invalid_image",
-            ImageTooLarge(_) => "image_too_large",
-            BodyTooLarge(_) => "body_too_large",
-            TooManyImages(_) => "too_many_images",
-            InvalidMultipart(_) => "invalid_multipart",
-            IncompleteBody(_) => "incomplete_body",
-            RequestTimeout(_) => "request_timeout",
-            InvalidRule(_) => "invalid_rule",
-            InvalidPrior(_) => "invalid_prior",
-            InvalidCoverage(_) => "invalid_coverage",
-            ConformalUnavailable(_) => "conformal_unavailable",
-            InvalidFeedback(_) => "invalid_feedback",
-            UnknownId(_) => "unknown_id",
-            FeedbackExists(_) => "feedback_exists",
-            InvalidTopK(_) => "invalid_top_k",
-            InvalidParameter(_) => "invalid_parameter",
-            Unauthorized(_) => "unauthorized",
-            AdminDisabled(_) => "admin_disabled",
-            InvalidPrototypes(_) => "invalid_prototypes",
-            RuleUnavailable(_) => "rule_unavailable",
-            InvalidLabel(_) => "invalid_label",
-            UnknownLabel(_) => "unknown_label",
-            UnknownVersion(_) => "unknown_version",
-            LastClass(_) => "last_class",
-            TooManyClasses(_) => "too_many_classes",
-            QueueFull(_) => "queue_full",
-            NotReady(_) => "not_ready",
-            NotFound(_) => "not_found",
-            MethodNotAllowed(_) => "method_not_allowed",
-            Internal(_) => "internal",
-        }
-    }
+api_errors! {
+    /// No bytes where an image was expected.
+    EmptyBody => BAD_REQUEST, "empty_body";
+    /// Content-Type is not image/*, octet-stream or multipart.
+    UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type";
+    /// Not an image we can decode (garbage, truncated, zero-sized...).
+    InvalidImage => UNPROCESSABLE_ENTITY, "invalid_image";
+    /// More pixels than `max_pixels` (checked before decoding).
+    ImageTooLarge => PAYLOAD_TOO_LARGE, "image_too_large";
+    /// Request body over `max_body_bytes`.
+    BodyTooLarge => PAYLOAD_TOO_LARGE, "body_too_large";
+    /// More multipart parts than `max_images_per_request`.
+    TooManyImages => PAYLOAD_TOO_LARGE, "too_many_images";
+    /// A malformed multipart body.
+    InvalidMultipart => BAD_REQUEST, "invalid_multipart";
+    /// The body did not arrive within body_read_timeout_ms.
+    RequestTimeout => REQUEST_TIMEOUT, "request_timeout";
+    /// The body ended early or broke off (fewer bytes than Content-Length).
+    IncompleteBody => BAD_REQUEST, "incomplete_body";
+    /// Not a rule name.
+    InvalidRule => BAD_REQUEST, "invalid_rule";
+    /// Not a prior name or C positive weights.
+    InvalidPrior => BAD_REQUEST, "invalid_prior";
+    /// `top_k` is not a positive integer.
+    InvalidTopK => BAD_REQUEST, "invalid_top_k";
+    /// A coverage level outside (0, 1), finer than the calibration scores support, or an unknown set kind.
+    InvalidCoverage => BAD_REQUEST, "invalid_coverage";
+    /// The prototypes served have no conformal scores for the rule.
+    ConformalUnavailable => BAD_REQUEST, "conformal_unavailable";
+    /// A feedback body that is not {id, label} or names no class.
+    InvalidFeedback => BAD_REQUEST, "invalid_feedback";
+    /// No answer with that id is waiting for feedback (never given, or expired).
+    UnknownId => NOT_FOUND, "unknown_id";
+    /// The answer already has its label.
+    FeedbackExists => CONFLICT, "feedback_exists";
+    /// Any other bad query parameter.
+    InvalidParameter => BAD_REQUEST, "invalid_parameter";
+    /// Admin endpoint without the right bearer token.
+    Unauthorized => UNAUTHORIZED, "unauthorized";
+    /// No admin token configured.
+    AdminDisabled => FORBIDDEN, "admin_disabled";
+    /// An admin reload found an invalid file (still serving the old).
+    InvalidPrototypes => UNPROCESSABLE_ENTITY, "invalid_prototypes";
+    /// The rule needs the linear head, which does not know every class.
+    RuleUnavailable => BAD_REQUEST, "rule_unavailable";
+    /// Empty, over 128 bytes, or with control characters.
+    InvalidLabel => BAD_REQUEST, "invalid_label";
+    /// No such class (learning without create=true, or removing).
+    UnknownLabel => NOT_FOUND, "unknown_label";
+    /// No kept version with that id.
+    UnknownVersion => NOT_FOUND, "unknown_version";
+    /// The only class cannot be removed.
+    LastClass => CONFLICT, "last_class";
+    /// Creating a class would exceed max_classes.
+    TooManyClasses => UNPROCESSABLE_ENTITY, "too_many_classes";
+    /// At capacity (with Retry-After).
+    QueueFull => SERVICE_UNAVAILABLE, "queue_full";
+    /// The model is still loading.
+    NotReady => SERVICE_UNAVAILABLE, "not_ready";
+    /// No such endpoint.
+    NotFound => NOT_FOUND, "not_found";
+    /// The endpoint does not take this method.
+    MethodNotAllowed => METHOD_NOT_ALLOWED, "method_not_allowed";
+    /// Our fault (the inference thread failed).
+    Internal => INTERNAL_SERVER_ERROR, "internal";
 }
 
 /// The front layer's errors, as `/v1` answers them.

@@ -9,7 +9,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::ApiError;
-use crate::infer::{Readiness, Rule};
+use crate::infer::{Prototypes, Readiness, Rule};
 use crate::state::{AppState, NotReady};
 
 #[utoipa::path(get, path = "/v1/model", tag = "v1", operation_id = "model",
@@ -25,20 +25,6 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
     let cm = &protos.classes;
     let train_prior = cm.train_prior();
     let (adaptive, samples) = serving.engine.adaptive_estimate(&protos);
-    let classes: Vec<_> = (0..cm.num_classes())
-        .map(|i| {
-            json!({
-                "index": i,
-                "label": cm.labels()[i],
-                "count": cm.counts()[i],
-                "train_prior": train_prior[i],
-                "kappa": cm.kappa()[i],
-                "mean_resultant_length": protos.mean_resultant_length[i],
-                "source": protos.sources[i],
-                "in_linear_head": protos.head_index[i].is_some(),
-            })
-        })
-        .collect();
     let temperatures: serde_json::Map<String, serde_json::Value> = Rule::ALL
         .iter()
         .map(|r| {
@@ -57,7 +43,7 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
         "schema_version": protos.document.schema_version,
         "input": {"height": serving.manifest.input.height, "width": serving.manifest.input.width,
                   "resize": serving.manifest.input.resize, "filter": serving.manifest.input.filter},
-        "classes": classes,
+        "classes": class_table(&protos),
         "train_counts": cm.counts(),
         "train_prior": train_prior,
         "kappa": cm.kappa(),
@@ -98,6 +84,26 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
         },
     }))
     .into_response())
+}
+
+/// One entry per class, in index order.
+fn class_table(protos: &Prototypes) -> Vec<serde_json::Value> {
+    let cm = &protos.classes;
+    let train_prior = cm.train_prior();
+    (0..cm.num_classes())
+        .map(|i| {
+            json!({
+                "index": i,
+                "label": cm.labels()[i],
+                "count": cm.counts()[i],
+                "train_prior": train_prior[i],
+                "kappa": cm.kappa()[i],
+                "mean_resultant_length": protos.mean_resultant_length[i],
+                "source": protos.sources[i],
+                "in_linear_head": protos.head_index[i].is_some(),
+            })
+        })
+        .collect()
 }
 
 #[utoipa::path(get, path = "/health/live", tag = "health", operation_id = "live",

@@ -29,6 +29,7 @@ use crate::telemetry::Metrics;
 pub use crate::batcher::{JobResult, Readiness};
 pub use crate::engine::{top_k, Prediction, PredictionSet, Scored};
 pub use crate::preprocess::DecodeError;
+pub use crate::prototypes::Prototypes;
 pub use crate::vmf::Rule;
 pub use error::InferError;
 pub use options::{RawOptions, Served};

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map};
 
-use crate::infer::{top_k, Classified};
+use crate::infer::{top_k, Classified, JobResult};
 use crate::state::Serving;
 
 use super::{
@@ -10,6 +10,7 @@ use super::{
     PREDICTION_SET, PROBABILITIES,
 };
 
+/// The response: the answer's parameters and every output asked for, in the order asked.
 pub(super) fn response(
     serving: &Serving,
     id: Option<String>,
@@ -19,7 +20,6 @@ pub(super) fn response(
 ) -> InferResponse {
     let result = classified.result;
     let protos = &result.prototypes;
-    let labels = protos.classes.labels();
     let first = &result.scored[0];
     let mut parameters = Map::new();
     parameters.insert("prototypes_version".into(), json!(protos.version));
@@ -32,61 +32,7 @@ pub(super) fn response(
     }
     let outputs = wanted
         .iter()
-        .map(|out| {
-            let c = labels.len();
-            let flags = |data: Vec<bool>, shape: Vec<i64>| OutputTensor {
-                name: out.name.clone(),
-                datatype: "BOOL",
-                shape,
-                data: OutputData::Bool(data),
-                binary: out.binary,
-            };
-            match out.name.as_str() {
-                PREDICTION_SET => {
-                    let mut member = vec![false; n * c];
-                    for (i, s) in result.scored.iter().enumerate() {
-                        if let Some(Ok(set)) = &s.prediction_set {
-                            for p in &set.labels {
-                                member[i * c + p.index] = true;
-                            }
-                        }
-                    }
-                    return flags(member, vec![n as i64, c as i64]);
-                }
-                ABSTAINED => {
-                    let abstained = result.scored.iter().map(|s| s.abstained == Some(true));
-                    return flags(abstained.collect(), vec![n as i64]);
-                }
-                _ => {}
-            }
-            let (values, width): (Vec<Vec<f64>>, usize) = match out.name.as_str() {
-                PROBABILITIES => (
-                    result
-                        .scored
-                        .iter()
-                        .map(|s| s.probabilities.clone())
-                        .collect(),
-                    labels.len(),
-                ),
-                LOGITS => (
-                    result
-                        .scored
-                        .iter()
-                        .map(|s| s.logits.clone().unwrap_or_default())
-                        .collect(),
-                    labels.len(),
-                ),
-                _ => (
-                    result
-                        .features
-                        .iter()
-                        .map(|z| z.iter().map(|v| f64::from(*v)).collect())
-                        .collect(),
-                    serving.feature_dim,
-                ),
-            };
-            output_tensor(out, &values, width, labels, n)
-        })
+        .map(|out| output(out, &result, serving.feature_dim, n))
         .collect();
     InferResponse {
         model_name: serving.manifest.name.clone(),
@@ -97,6 +43,55 @@ pub(super) fn response(
         images: n,
         batch_size: result.batch_size,
     }
+}
+
+/// One output of `n` images: the decision flags as BOOL, the rest as FP32 rows (or their
+/// classification strings).
+fn output(out: &RequestedOutput, result: &JobResult, feature_dim: usize, n: usize) -> OutputTensor {
+    let labels = result.prototypes.classes.labels();
+    let c = labels.len();
+    let flags = |data: Vec<bool>, shape: Vec<i64>| OutputTensor {
+        name: out.name.clone(),
+        datatype: "BOOL",
+        shape,
+        data: OutputData::Bool(data),
+        binary: out.binary,
+    };
+    let scored = &result.scored;
+    let (values, width): (Vec<Vec<f64>>, usize) = match out.name.as_str() {
+        PREDICTION_SET => {
+            let mut member = vec![false; n * c];
+            for (i, s) in scored.iter().enumerate() {
+                if let Some(Ok(set)) = &s.prediction_set {
+                    for p in &set.labels {
+                        member[i * c + p.index] = true;
+                    }
+                }
+            }
+            return flags(member, vec![n as i64, c as i64]);
+        }
+        ABSTAINED => {
+            let abstained = scored.iter().map(|s| s.abstained == Some(true));
+            return flags(abstained.collect(), vec![n as i64]);
+        }
+        PROBABILITIES => (scored.iter().map(|s| s.probabilities.clone()).collect(), c),
+        LOGITS => (
+            scored
+                .iter()
+                .map(|s| s.logits.clone().unwrap_or_default())
+                .collect(),
+            c,
+        ),
+        _ => (
+            result
+                .features
+                .iter()
+                .map(|z| z.iter().map(|v| f64::from(*v)).collect())
+                .collect(),
+            feature_dim,
+        ),
+    };
+    output_tensor(out, &values, width, labels, n)
 }
 
 /// One output tensor from its rows: FP32 `[n, width]`, or the classification strings.
