@@ -3,16 +3,20 @@
 //! Data flows one way, and each module imports only the ones below it:
 //!
 //! ```text
-//! main -> app (wiring) -> http (/v1, /v2 REST) and grpc -> oip (the Open Inference Protocol,
-//! wire-neutral) -> state -> infer (front layer: admission, decode) -> batcher -> encoder
-//! (ONNX Runtime) / engine (rules, priors) -> vmf (pure math)
+//! main -> app (wiring) -> http (/v1, admin, /v2 REST) and grpc: the protocol adapters, which
+//!   read their wire and write the answer back; the OIP v2 ones through oip (the protocol's
+//!   tensors and outputs, wire-neutral, with its binary codec)
+//! -> state (what handlers share) -> infer (the front layer: options resolved against one
+//!   prototypes snapshot, admission, decode, one typed error) -> batcher -> encoder (ONNX
+//!   Runtime) / engine (rules, temperatures, priors, sets) -> vmf (pure math)
 //! ```
 //!
-//! Beside the path: `config` (settings), `reload` (hot reload of the prototypes),
-//! `prototypes` (the class distributions and their store), `preprocess` (bytes to tensor),
-//! `manifest` (model.toml), `telemetry` (metrics and logs), `feedback` (answers awaiting
-//! their true label, and the metrics of those labelled), `eval` (the offline command), and
-//! `fuzzing` (the parsers of untrusted bytes behind one entry each, for the fuzz targets).
+//! Beside the path: `config` (settings), `reload` (every change to the prototypes: hot reload,
+//! learning, removal, rollback), `prototypes` (the class distributions and their store),
+//! `preprocess` (bytes to tensor), `manifest` (model.toml), `telemetry` (metrics and logs),
+//! `feedback` (answers awaiting their true label, and the metrics of those labelled), `eval` (the
+//! offline command), and `fuzzing` (the parsers of untrusted bytes behind one entry each, for the
+//! fuzz targets).
 
 pub mod app;
 pub mod batcher;

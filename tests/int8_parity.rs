@@ -16,12 +16,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{client, fixture, parity_manifest, Server};
+use common::{client, fixture, fixture_form, parity_manifest, Server};
 use proco_serve::encoder::{Encoder, ProviderChoice, Threads};
 use proco_serve::manifest::{EncoderVariant, ModelManifest};
 use proco_serve::preprocess::{prepare, DecodeLimits};
 use proco_serve::vmf::Rule;
-use reqwest::blocking::multipart;
 use serde_json::Value;
 
 const MIN_COSINE: f32 = 0.98;
@@ -140,15 +139,7 @@ fn the_int8_server_is_reproduced_by_eval() {
     for rule in ["linear", "proco", "vmf", "ensemble"] {
         let t = variant_t[&rule.parse::<Rule>().unwrap()];
         assert_eq!(model["temperatures"][rule].as_f64().unwrap(), t, "{rule}");
-        let mut form = multipart::Form::new();
-        for (i, img) in images.iter().enumerate() {
-            let file = img["file"].as_str().unwrap();
-            let part = multipart::Part::bytes(fixture(file))
-                .file_name(file.to_string())
-                .mime_str("image/jpeg")
-                .unwrap();
-            form = form.part(format!("img{i}"), part);
-        }
+        let form = fixture_form(images);
         let r = client
             .post(server.url(&format!(
                 "/v1/classify?rule={rule}&prior=uniform&posterior=true&top_k=1"

@@ -9,8 +9,7 @@ mod common;
 
 use std::io::Cursor;
 
-use common::{client, fixture, parity_manifest, Server};
-use reqwest::blocking::multipart;
+use common::{client, fixture, fixture_form, parity_manifest, Server};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -40,15 +39,7 @@ fn posteriors_match_pytorch_reference_for_every_rule_and_prior() {
     for rule in ["linear", "proco", "vmf", "ensemble"] {
         for prior in ["uniform", "train"] {
             for chunk in images.chunks(64) {
-                let mut form = multipart::Form::new();
-                for (i, img) in chunk.iter().enumerate() {
-                    let file = img["file"].as_str().unwrap();
-                    let part = multipart::Part::bytes(fixture(file))
-                        .file_name(file.to_string())
-                        .mime_str("image/jpeg")
-                        .unwrap();
-                    form = form.part(format!("img{i}"), part);
-                }
+                let form = fixture_form(chunk);
                 let r = client
                     .post(server.url(&format!(
                         "/v1/classify?rule={rule}&prior={prior}&posterior=true&top_k=1"

@@ -153,6 +153,21 @@ pub fn fixture(file: &str) -> Vec<u8> {
 }
 
 /// The first parity fixture image's bytes.
+/// A multipart form of parity-fixture images (entries of the parity manifest), part `img{i}`
+/// with the fixture's file name, in order.
+pub fn fixture_form(images: &[serde_json::Value]) -> reqwest::blocking::multipart::Form {
+    let mut form = reqwest::blocking::multipart::Form::new();
+    for (i, img) in images.iter().enumerate() {
+        let file = img["file"].as_str().unwrap();
+        let part = reqwest::blocking::multipart::Part::bytes(fixture(file))
+            .file_name(file.to_string())
+            .mime_str("image/jpeg")
+            .unwrap();
+        form = form.part(format!("img{i}"), part);
+    }
+    form
+}
+
 pub fn any_jpeg() -> Vec<u8> {
     let m = parity_manifest();
     fixture(m["images"][0]["file"].as_str().unwrap())
