@@ -127,3 +127,71 @@ impl From<SetError> for InferError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(available: Vec<Rule>) -> Served {
+        Served {
+            default_rule: Rule::Ensemble,
+            default_prior: PriorName::Uniform,
+            classes: 10,
+            available_rules: available,
+            prototypes_version: "v1".into(),
+        }
+    }
+
+    fn raw(f: impl FnOnce(&mut RawOptions)) -> RawOptions {
+        let mut raw = RawOptions::default();
+        f(&mut raw);
+        raw
+    }
+
+    #[test]
+    fn defaults_apply_and_values_are_checked() {
+        let all = served(Rule::ALL.to_vec());
+        let options = resolve(&RawOptions::default(), &all).unwrap();
+        assert_eq!(options.rule, Rule::Ensemble);
+        assert_eq!(options.prior.name(), "uniform");
+        assert_eq!(options.top_k, DEFAULT_TOP_K);
+        assert!(options.set.is_none() && options.abstain_below.is_none());
+        let options = resolve(&raw(|r| r.top_k = Some("50".into())), &all).unwrap();
+        assert_eq!(options.top_k, 10, "clamped to the class count");
+        for (bad, want) in [
+            (raw(|r| r.top_k = Some("0".into())), "InvalidTopK"),
+            (raw(|r| r.rule = Some("softmax".into())), "InvalidRule"),
+            (raw(|r| r.prior = Some("1,2".into())), "InvalidPrior"),
+            (raw(|r| r.set = Some("class".into())), "InvalidCoverage"),
+            (
+                raw(|r| r.coverage = Some("ninety".into())),
+                "InvalidCoverage",
+            ),
+            (
+                raw(|r| r.abstain_below = Some("2".into())),
+                "InvalidParameter",
+            ),
+        ] {
+            let e = resolve(&bad, &all).unwrap_err();
+            assert!(format!("{e:?}").starts_with(want), "{e:?}");
+            assert!(e.is_client_error());
+        }
+    }
+
+    /// A learned class leaves the linear head behind: the default rule falls back to proco,
+    /// a rule asked for by name is refused, naming the version and the rules that can answer.
+    #[test]
+    fn rules_the_prototypes_cannot_serve() {
+        let head_free = served(vec![Rule::Proco, Rule::Vmf]);
+        let options = resolve(&RawOptions::default(), &head_free).unwrap();
+        assert_eq!(options.rule, Rule::Proco);
+        let e = resolve(&raw(|r| r.rule = Some("linear".into())), &head_free).unwrap_err();
+        let InferError::RuleUnavailable(message) = e else {
+            panic!("{e:?}");
+        };
+        assert!(
+            message.contains("v1") && message.contains("proco, vmf"),
+            "{message}"
+        );
+    }
+}
