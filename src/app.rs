@@ -1,6 +1,5 @@
-//! Wiring: bind the listeners, load the model in the background, start the batcher, the
-//! prototype watchers and the HTTP and gRPC servers, and shut down cleanly when told
-//! (the binary: on Ctrl-C / SIGTERM).
+//! Wiring: bind the listeners, load the models in the background (the repository), start the
+//! HTTP and gRPC servers, and shut down cleanly when told (the binary: on Ctrl-C / SIGTERM).
 //!
 //! The listener is bound first so that `/health/live` answers while the model loads;
 //! `/health/ready` turns 200 only once the encoder is loaded and a warm-up batch ran.
@@ -11,197 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::batcher::{BatchConfig, Batcher};
 use crate::config::Config;
-use crate::encoder::{Encoder, Threads};
-use crate::engine::Engine;
-use crate::infer::{Defaults, Infer, Parts};
-use crate::manifest::ModelManifest;
-use crate::preprocess::DecodeLimits;
-use crate::prototypes::{EncoderShape, PrototypeStore, Prototypes};
-use crate::reload::Reloader;
-use crate::state::{AppState, ProviderReport, Serving};
-use crate::telemetry::Metrics;
-use crate::vmf::AdaptivePriorConfig;
-
-/// Loads the manifest, the encoder (with warm-up), the prototypes, and starts the batcher.
-/// Blocking: call from a blocking thread.
-pub fn load(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
-    let manifest = Arc::new(ModelManifest::load_variant(
-        &config.model_dir,
-        config.encoder_variant,
-    )?);
-    let lib = crate::encoder::init_runtime()?;
-    tracing::info!("ONNX Runtime loaded from {}", lib.display());
-    let threads = Threads {
-        intra: config.intra_threads,
-        inter: config.inter_threads,
-    };
-    let encoder = Encoder::load(&manifest, config.execution_provider, threads)
-        .with_context(|| format!("cannot load the encoder of {}", config.model_dir.display()))?;
-    tracing::info!(
-        "encoder variant {} ({}), temperatures from {}",
-        manifest.variant,
-        manifest.encoder_path.display(),
-        if manifest.temperatures.is_some() {
-            "model.toml"
-        } else {
-            "the prototypes file"
-        }
-    );
-    let provider = ProviderReport {
-        active: encoder.provider().to_string(),
-        requested: config.execution_provider.to_string(),
-        fallback_reason: encoder.fallback_reason().map(str::to_string),
-    };
-    let shape = EncoderShape {
-        model: manifest.name.clone(),
-        feature_dim: encoder.feature_dim(),
-        num_classes: encoder.num_classes(),
-    };
-    let store = Arc::new(
-        PrototypeStore::open(&manifest.prototypes_path, shape.clone())
-            .with_context(|| format!("cannot use {}", manifest.prototypes_path.display()))?,
-    );
-    let snapshot = store.snapshot();
-    match &provider.fallback_reason {
-        Some(reason) => tracing::warn!(
-            "serving model {} on CPU: CUDA not available ({reason})",
-            manifest.name
-        ),
-        None => tracing::info!(
-            "serving model {} on {} (requested: {})",
-            manifest.name,
-            provider.active.to_uppercase(),
-            provider.requested
-        ),
-    }
-    tracing::info!(
-        "prototypes version {} ({} classes, feature dim {}), default rule {}",
-        snapshot.version,
-        shape.num_classes,
-        shape.feature_dim,
-        config.default_rule
-    );
-    publish_model_metrics(&metrics, &provider, &manifest, &shape, &snapshot);
-
-    let (engine, infer) = start_inference(config, &manifest, encoder, &store, &metrics)?;
-    Ok(Serving {
-        manifest,
-        reloader: Arc::new(Reloader::new(
-            store.clone(),
-            metrics,
-            config.prototype_history,
-            config.max_classes,
-        )),
-        store,
-        engine,
-        infer,
-        provider,
-        feature_dim: shape.feature_dim,
-        num_classes: shape.num_classes,
-        default_prior: config.default_prior,
-    })
-}
-
-/// The engine, and the batcher thread that owns the encoder, behind the front layer.
-fn start_inference(
-    config: &Config,
-    manifest: &Arc<ModelManifest>,
-    encoder: Encoder,
-    store: &Arc<PrototypeStore>,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Arc<Engine>, Infer)> {
-    let engine = Arc::new(
-        Engine::new(
-            AdaptivePriorConfig {
-                window: config.adaptive_window,
-                min_samples: config.adaptive_min_samples,
-                floor: config.adaptive_floor,
-                refresh_every: config.adaptive_refresh_every,
-                ..AdaptivePriorConfig::default()
-            },
-            config.default_rule,
-            config.drift_warn,
-        )
-        .with_temperatures(manifest.temperatures.clone()),
-    );
-    let input_size = (
-        manifest.input.height as usize,
-        manifest.input.width as usize,
-    );
-    let batcher = Batcher::spawn(
-        encoder,
-        input_size,
-        store.clone(),
-        engine.clone(),
-        metrics.clone(),
-        BatchConfig {
-            max_batch_size: config.max_batch_size,
-            max_queue_delay: Duration::from_millis(config.max_queue_delay_ms),
-            queue_capacity: config.queue_capacity,
-        },
-    )?;
-    let infer = Infer::new(Parts {
-        batcher,
-        manifest: manifest.clone(),
-        store: store.clone(),
-        engine: engine.clone(),
-        defaults: Defaults {
-            rule: config.default_rule,
-            prior: config.default_prior,
-        },
-        limits: DecodeLimits::from_max_pixels(config.max_pixels),
-        metrics: metrics.clone(),
-        queue_capacity: config.queue_capacity,
-    });
-    Ok((engine, infer))
-}
-
-/// The `_info` gauges and the adaptive prior's starting point (the training prior).
-fn publish_model_metrics(
-    metrics: &Metrics,
-    provider: &ProviderReport,
-    manifest: &ModelManifest,
-    shape: &EncoderShape,
-    protos: &Prototypes,
-) {
-    metrics
-        .execution_provider_info
-        .with_label_values(&[provider.active.as_str(), provider.requested.as_str()])
-        .set(1.0);
-    metrics
-        .model_info
-        .with_label_values(&[
-            shape.model.as_str(),
-            manifest.variant.as_str(),
-            &shape.feature_dim.to_string(),
-            &shape.num_classes.to_string(),
-        ])
-        .set(1.0);
-    metrics.set_prototypes_version(None, &protos.version);
-    metrics.classes.set(protos.classes.num_classes() as i64);
-    if protos.version != protos.stated_version {
-        metrics.prototype_version_mismatches.inc();
-        tracing::warn!(
-            "the prototypes file states version {} but its content is version {}: serving it as {}",
-            protos.stated_version,
-            protos.version,
-            protos.version
-        );
-    }
-    for (label, q) in protos
-        .classes
-        .labels()
-        .iter()
-        .zip(protos.classes.train_prior())
-    {
-        metrics
-            .adaptive_prior
-            .with_label_values(&[label.as_str()])
-            .set(q);
-    }
-}
+use crate::state::AppState;
 
 /// The server's sockets, bound before the model loads so that `/health/live` answers at once.
 pub struct Listeners {
@@ -258,6 +68,9 @@ pub async fn serve(
     if let Some(g) = listeners.grpc {
         spawn_grpc(g, state.clone(), stop.clone())?;
     }
+    // SIGHUP reloads prototypes; its default action would end the process, so the handler is
+    // installed before any model loads (it stays installed; each model listens on its own).
+    drop(crate::reload::listen_for_hangup());
     let mut failed = spawn_loader(state.clone());
 
     let limits = crate::http::listener::Limits {
@@ -287,36 +100,27 @@ pub async fn serve(
             return Ok(());
         }
     }
-    if let Some(serving) = state.serving().cloned() {
-        // Every admitted request has its answer: close the queue and wait for the thread.
-        tokio::task::spawn_blocking(move || serving.infer.shutdown()).await?;
-    }
+    // Every admitted request has its answer: close the queues and wait for the threads.
+    let models = state.clone();
+    tokio::task::spawn_blocking(move || models.models.shutdown()).await?;
     tracing::info!("shut down: every admitted request was answered");
     Ok(())
 }
 
-/// Loads the model on a blocking thread; once it is ready, starts the prototype watchers. A
-/// load that fails is sent on the returned channel.
+/// Loads the default model, then the others `load_models` names, in the background; a default
+/// model that fails to load is sent on the returned channel (it ends the server).
 fn spawn_loader(state: Arc<AppState>) -> tokio::sync::mpsc::Receiver<anyhow::Error> {
-    let hangup = crate::reload::listen_for_hangup();
     let (fail_tx, fail_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
     tokio::spawn(async move {
-        let config = state.config.clone();
-        let metrics = state.metrics.clone();
-        let failure = match tokio::task::spawn_blocking(move || load(&config, metrics)).await {
-            Ok(Ok(serving)) => {
-                let reloader = serving.reloader.clone();
-                let _ = state.serving.set(Arc::new(serving));
+        match state.models.start().await {
+            Ok(()) => {
                 state.metrics.ready.set(1);
                 tracing::info!("ready");
-                let poll = Duration::from_millis(state.config.reload_poll_ms);
-                crate::reload::spawn_watchers(reloader, poll, hangup);
-                return;
             }
-            Ok(Err(e)) => e,
-            Err(join) => anyhow::anyhow!("model loading panicked: {join}"),
-        };
-        let _ = fail_tx.send(failure).await;
+            Err(e) => {
+                let _ = fail_tx.send(e).await;
+            }
+        }
     });
     fail_rx
 }

@@ -80,8 +80,12 @@ settings! {
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env "PROCO_LISTEN";
     /// Address of the gRPC listener (the Open Inference Protocol's GRPCInferenceService); "off" for none
     grpc_listen: String = "127.0.0.1:8001".to_string(), env "PROCO_GRPC_LISTEN";
-    /// Directory with model.toml, the ONNX encoder and prototypes.json
+    /// Directory with model.toml, the ONNX encoder and prototypes.json: the default model, which serves the routes that name no model
     model_dir: PathBuf = PathBuf::from("models/cifar10-lt"), env "PROCO_MODEL_DIR";
+    /// Folder of model folders (each with its model.toml) that can be loaded and unloaded at run time
+    model_repository: PathBuf = PathBuf::from("models"), env "PROCO_MODEL_REPOSITORY";
+    /// Repository models loaded at start besides the default: none | all | comma-separated model names
+    load_models: String = "none".to_string(), env "PROCO_LOAD_MODELS";
     /// Rule used when a request gives none: linear | proco | vmf | ensemble
     default_rule: Rule = Rule::Proco, env "PROCO_DEFAULT_RULE";
     /// Prior used when a request gives none: uniform | train | adaptive

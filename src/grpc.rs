@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::infer::RawOptions;
 use crate::oip::codec::{fp32_values, split_bytes_elements, write_output};
 use crate::oip::{self, InferRequest, InputTensor, OipError, RequestedOutput, TensorData};
-use crate::state::AppState;
+use crate::state::{AppState, TokenError};
 
 /// The code generated from `proto/inference.proto` by build.rs.
 #[allow(clippy::all, missing_docs)]
@@ -48,12 +48,32 @@ fn status(e: OipError) -> Status {
         OipError::NotFound(m) => Status::not_found(m),
         OipError::MethodNotAllowed(m) => Status::unimplemented(m),
         OipError::Invalid(m) => Status::invalid_argument(m),
+        OipError::Unauthorized {
+            message,
+            disabled: false,
+        } => Status::unauthenticated(message),
+        OipError::Unauthorized {
+            message,
+            disabled: true,
+        } => Status::permission_denied(message),
+        OipError::FailedPrecondition(m) => Status::failed_precondition(m),
         OipError::Unavailable(m) => Status::unavailable(m),
         OipError::Internal(m) => Status::internal(m),
     }
 }
 
 impl Service {
+    /// The admin bearer token of a repository change, from the `authorization` metadata.
+    fn check_token(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let authorization = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.state
+            .check_admin_token(authorization)
+            .map_err(|e| match e {
+                TokenError::Disabled => Status::permission_denied(e.to_string()),
+                TokenError::Wrong => Status::unauthenticated(e.to_string()),
+            })
+    }
+
     /// Counts and times one call like the HTTP routes (`route` = `grpc:<Method>`).
     fn record<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
         let code = match result {
@@ -106,7 +126,7 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(ServerMetadataResponse {
             name: "proco-serve".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["classification".into()],
+            extensions: vec!["classification".into(), "model_repository".into()],
         }))
     }
 
@@ -133,6 +153,49 @@ impl GrpcInferenceService for Service {
             inputs: tensors(m.inputs),
             outputs: tensors(m.outputs),
         }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let ready_only = request.into_inner().ready;
+        let models = self
+            .state
+            .models
+            .index()
+            .into_iter()
+            .filter(|m| !ready_only || m.state == "READY")
+            .map(|m| repository_index_response::ModelIndex {
+                name: m.name,
+                version: m.version,
+                state: m.state.into(),
+                reason: m.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        self.check_token(request.metadata())?;
+        let name = request.into_inner().model_name;
+        let loaded = self.state.models.load(&name).await;
+        loaded.map_err(|e| status(e.into()))?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.check_token(request.metadata())?;
+        let name = request.into_inner().model_name;
+        let unloaded = self.state.models.unload(&name).await;
+        unloaded.map_err(|e| status(e.into()))?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 
     async fn model_infer(

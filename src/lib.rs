@@ -6,7 +6,7 @@
 //! main -> app (wiring) -> http (/v1, admin, /v2 REST) and grpc: the protocol adapters, which
 //!   read their wire and write the answer back; the OIP v2 ones through oip (the protocol's
 //!   tensors and outputs, wire-neutral, with its binary codec)
-//! -> state (what handlers share) -> infer (the front layer: options resolved against one
+//! -> state (what handlers share: the repository of models, each a serving) -> infer (the front layer: options resolved against one
 //!   prototypes snapshot, admission, decode, one typed error) -> batcher -> encoder (ONNX
 //!   Runtime) / engine (rules, temperatures, priors, sets) -> vmf (pure math)
 //! ```
@@ -35,6 +35,8 @@ pub mod oip;
 pub mod preprocess;
 pub mod prototypes;
 pub mod reload;
+pub mod repository;
+pub mod serving;
 pub mod state;
 pub mod telemetry;
 pub mod vmf;

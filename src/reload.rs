@@ -393,22 +393,34 @@ pub fn listen_for_hangup() -> Hangup {
     }
 }
 
+/// The tasks watching one model's prototypes; dropping it stops them (a model being unloaded).
+#[derive(Default)]
+pub struct Watchers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
 /// Starts the file poller (every `poll`; never if zero) and the SIGHUP listener.
-pub fn spawn_watchers(reloader: Arc<Reloader>, poll: Duration, hangup: Hangup) {
+pub fn spawn_watchers(reloader: Arc<Reloader>, poll: Duration, hangup: Hangup) -> Watchers {
+    let mut tasks = Vec::new();
     if !poll.is_zero() {
-        tokio::spawn(poll_file(reloader.clone(), poll));
+        tasks.push(tokio::spawn(poll_file(reloader.clone(), poll)));
     }
     #[cfg(unix)]
     if let Some(mut hup) = hangup {
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 let r = reloader.clone();
                 let _ = tokio::task::spawn_blocking(move || r.reload(Trigger::Sighup)).await;
             }
-        });
+        }));
     }
     #[cfg(not(unix))]
     let _ = hangup;
+    Watchers(tasks)
 }
 
 async fn poll_file(reloader: Arc<Reloader>, every: Duration) {

@@ -1,50 +1,33 @@
-//! The state every handler shares: the configuration, the metrics, and, once the model has
-//! loaded, the [`Serving`] parts. Its own module so that the wiring (`app`), the handlers
-//! (`http`) and the reloader import downwards only.
+//! The state every handler shares: the configuration, the metrics, and the model repository
+//! ([`Repository`]) with its loaded models ([`Serving`]). Its own module so that the wiring
+//! (`app`), the handlers (`http`) and the reloader import downwards only.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::batcher::Readiness;
 use crate::config::Config;
-use crate::engine::{Engine, PriorName};
-use crate::feedback::FeedbackStore;
-use crate::infer::Infer;
-use crate::manifest::ModelManifest;
-use crate::prototypes::PrototypeStore;
-use crate::reload::Reloader;
 use crate::telemetry::Metrics;
 
-/// Which execution provider runs the encoder, and why when it is not the one asked for.
-#[derive(Clone, Debug)]
-pub struct ProviderReport {
-    /// "cuda" or "cpu": what actually runs the encoder.
-    pub active: String,
-    pub requested: String,
-    pub fallback_reason: Option<String>,
-}
-
-/// Everything that exists once the model is loaded.
-pub struct Serving {
-    pub manifest: Arc<ModelManifest>,
-    pub store: Arc<PrototypeStore>,
-    pub engine: Arc<Engine>,
-    pub infer: Infer,
-    pub reloader: Arc<Reloader>,
-    pub provider: ProviderReport,
-    pub feature_dim: usize,
-    pub num_classes: usize,
-    pub default_prior: PriorName,
-}
+pub use crate::repository::{IndexEntry, ModelState, Repository, RepositoryError};
+pub use crate::serving::{ProviderReport, Serving};
 
 /// Shared by every handler.
 pub struct AppState {
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub serving: OnceLock<Arc<Serving>>,
+    /// Every model: the default one and the others of the repository.
+    pub models: Repository,
     /// Set on SIGTERM / Ctrl-C: readiness turns 503 so that load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
-    /// Answers waiting for their true label, and the window of labelled ones.
-    pub feedback: FeedbackStore,
+}
+
+/// Why a request may not change what is served (the admin endpoints, model loads).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("admin endpoints are disabled: set admin_token (PROCO_ADMIN_TOKEN)")]
+    Disabled,
+    #[error("missing or wrong bearer token")]
+    Wrong,
 }
 
 /// Why `/health/ready` is not 200.
@@ -59,27 +42,58 @@ pub enum NotReady {
 
 impl AppState {
     pub fn new(config: Config) -> Self {
+        let metrics = Arc::new(Metrics::new());
         AppState {
-            feedback: FeedbackStore::new(config.feedback_capacity, config.feedback_window),
+            models: Repository::new(config.clone(), metrics.clone()),
             config,
-            metrics: Arc::new(Metrics::new()),
-            serving: OnceLock::new(),
+            metrics,
             draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// The loaded model, if loading has finished.
-    pub fn serving(&self) -> Option<&Arc<Serving>> {
-        self.serving.get()
+    /// The default model, once it is loaded.
+    pub fn serving(&self) -> Option<Arc<Serving>> {
+        self.models.default_model()
     }
 
-    /// The loaded model if it can answer requests now; also sets `proco_ready`.
-    pub fn readiness(&self) -> Result<&Arc<Serving>, NotReady> {
+    /// The model a route names (`None`: the default one), if it is ready.
+    pub fn model(&self, name: Option<&str>) -> Result<Arc<Serving>, RepositoryError> {
+        match name {
+            Some(name) => self.models.get(name),
+            None => self
+                .serving()
+                .ok_or_else(|| RepositoryError::Loading("the model is still loading".into())),
+        }
+    }
+
+    /// Checks an `Authorization` value against the admin token: `Bearer <token>`, compared in
+    /// constant time; the token is never logged.
+    pub fn check_admin_token(&self, authorization: Option<&str>) -> Result<(), TokenError> {
+        let token = self.config.admin_token().ok_or(TokenError::Disabled)?;
+        let given = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Constant time in the token's content (its length is no secret worth the trouble).
+        let same = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(TokenError::Wrong)
+        }
+    }
+
+    /// The default model if it can answer requests now; also sets `proco_ready`.
+    pub fn readiness(&self) -> Result<Arc<Serving>, NotReady> {
         let draining = self.draining.load(std::sync::atomic::Ordering::Acquire);
         let verdict = match self.serving() {
             _ if draining => Err(NotReady::Draining),
             None => Err(NotReady::Loading),
-            Some(s) => match s.infer.readiness() {
+            Some(s) => match s.readiness() {
                 Readiness::Ready => Ok(s),
                 other => Err(NotReady::Inference(other)),
             },

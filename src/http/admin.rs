@@ -18,31 +18,29 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{body, ApiError};
+use super::{body, ApiError, ModelName};
 use crate::reload::{Change, Changed, ReloadOutcome, Reloader, Trigger};
-use crate::state::{AppState, Serving};
+use crate::state::{AppState, Serving, TokenError};
 
-/// The loaded model, once the bearer token checks out.
-fn authorized(state: &AppState, headers: &HeaderMap) -> Result<Arc<Serving>, ApiError> {
-    let Some(token) = state.config.admin_token() else {
-        return Err(ApiError::AdminDisabled(
-            "admin endpoints are disabled: set admin_token (PROCO_ADMIN_TOKEN)".into(),
-        ));
-    };
-    let given = headers
+/// The model the route names (the default one if none), once the bearer token checks out.
+fn authorized(
+    state: &AppState,
+    model: &ModelName,
+    headers: &HeaderMap,
+) -> Result<Arc<Serving>, ApiError> {
+    check_token(state, headers)?;
+    model.serving(state)
+}
+
+/// The admin bearer token of a request.
+pub fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        return Err(ApiError::Unauthorized(
-            "missing or wrong bearer token".into(),
-        ));
-    }
-    state
-        .serving()
-        .cloned()
-        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))
+        .and_then(|v| v.to_str().ok());
+    state.check_admin_token(authorization).map_err(|e| match e {
+        TokenError::Disabled => ApiError::AdminDisabled(e.to_string()),
+        TokenError::Wrong => ApiError::Unauthorized(e.to_string()),
+    })
 }
 
 #[utoipa::path(post, path = "/admin/reload", tag = "admin", operation_id = "admin_reload", summary = "Re-read the prototypes file now",
@@ -57,9 +55,10 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<Arc<Serving>, Api
 /// `POST /admin/reload`: re-read the prototypes file now.
 pub async fn admin_reload(
     State(state): State<Arc<AppState>>,
+    model: ModelName,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let serving = authorized(&state, &headers)?;
+    let serving = authorized(&state, &model, &headers)?;
     let reloader = serving.reloader.clone();
     let outcome = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin))
         .await
@@ -109,9 +108,10 @@ pub async fn admin_reload(
 /// `/v1/classify`, and its unit feature is folded into the class. All or nothing.
 pub async fn learn_examples(
     State(state): State<Arc<AppState>>,
+    model: ModelName,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let serving = authorized(&state, request.headers())?;
+    let serving = authorized(&state, &model, request.headers())?;
     let (parts, body) = request.into_parts();
     let bytes = body::read(body, &parts.headers, &state.config).await?;
     let (mut label, mut create) = (None, false);
@@ -169,10 +169,12 @@ pub async fn learn_examples(
 /// `DELETE /admin/prototypes/classes/{name}`.
 pub async fn remove_class(
     State(state): State<Arc<AppState>>,
-    Path(label): Path<String>,
+    model: ModelName,
+    Path(params): Path<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let serving = authorized(&state, &headers)?;
+    let serving = authorized(&state, &model, &headers)?;
+    let label = params.get("name").cloned().unwrap_or_default();
     let changed = apply(
         &serving.reloader,
         Change::Remove {
@@ -199,9 +201,10 @@ pub async fn remove_class(
 /// `POST /admin/prototypes/rollback?version=ID`.
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
+    model: ModelName,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let serving = authorized(&state, request.headers())?;
+    let serving = authorized(&state, &model, request.headers())?;
     let mut version = None;
     for (key, value) in body::query_pairs(request.uri().query().unwrap_or(""))? {
         match key.as_str() {
@@ -237,11 +240,4 @@ fn changed_json(changed: &Changed) -> Value {
             json!({"result": "unchanged", "version": version, "classes": changed.classes})
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

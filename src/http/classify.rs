@@ -25,7 +25,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::access::AccessInfo;
-use super::{body, ApiError};
+use super::{body, ApiError, ModelName};
 use crate::infer::{Classified, Prediction, PredictionSet, RawOptions, Rule};
 use crate::state::{AppState, Serving};
 
@@ -122,13 +122,11 @@ fn ms(d: Duration) -> f64 {
 /// `POST /v1/classify`, and `PUT` as `curl -T` sends.
 pub async fn classify(
     State(state): State<Arc<AppState>>,
+    model: ModelName,
     request: Request,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let serving = state
-        .serving()
-        .cloned()
-        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
+    let serving = model.serving(&state)?;
     // The body is read (or drained) before anything is refused, so that every error reaches a
     // client that is still sending rather than a connection reset under it.
     let (parts, body) = request.into_parts();
@@ -141,7 +139,6 @@ pub async fn classify(
     let show_posterior = options.posterior;
     let classified = serving.infer.classify(inputs, options).await?;
     let answers = answers(
-        &state,
         &serving,
         classified,
         images.inputs,
@@ -178,7 +175,6 @@ pub async fn classify(
 
 /// One answer per image, in request order; each is kept for feedback.
 fn answers(
-    state: &AppState,
     serving: &Serving,
     classified: Classified,
     sources: Vec<body::Input>,
@@ -203,7 +199,7 @@ fn answers(
                 Some(SetAnswer::Set(set)) => Some(set.labels.iter().map(|p| p.index).collect()),
                 _ => None,
             };
-            state.feedback.remember(
+            serving.feedback.remember(
                 id.clone(),
                 version,
                 protos.classes.labels(),

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::infer::{DecodeError, InferError};
 use crate::reload::{ChangeFailed, Refusal};
+use crate::state::RepositoryError;
 
 /// The error variants, each with its status and its stable code, in one table.
 macro_rules! api_errors {
@@ -95,6 +96,12 @@ api_errors! {
     NotReady => SERVICE_UNAVAILABLE, "not_ready";
     /// No such endpoint.
     NotFound => NOT_FOUND, "not_found";
+    /// No model of that name in the repository.
+    ModelNotFound => NOT_FOUND, "model_not_found";
+    /// The model is in the repository but not loaded (never loaded, unloaded, or its load failed).
+    ModelNotLoaded => NOT_FOUND, "model_not_loaded";
+    /// A model load that failed, or an unload that is not allowed.
+    ModelRefused => CONFLICT, "model_refused";
     /// The endpoint does not take this method.
     MethodNotAllowed => METHOD_NOT_ALLOWED, "method_not_allowed";
     /// Our fault (the inference thread failed).
@@ -154,6 +161,18 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+/// A model the route names that cannot answer.
+impl From<RepositoryError> for ApiError {
+    fn from(e: RepositoryError) -> Self {
+        match e {
+            RepositoryError::NotFound(m) => ApiError::ModelNotFound(m),
+            RepositoryError::Loading(m) => ApiError::NotReady(m),
+            RepositoryError::NotLoaded(m) => ApiError::ModelNotLoaded(m),
+            RepositoryError::Refused(m) => ApiError::ModelRefused(m),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::ApiError;
+use super::{ApiError, ModelName};
 use crate::infer::{Prototypes, Readiness, Rule};
 use crate::state::{AppState, NotReady};
 
@@ -16,11 +16,11 @@ use crate::state::{AppState, NotReady};
     summary = "What is being served: labels, counts, kappa, rules, temperatures, prototypes version, provider, limits",
     responses((status = 200, description = "The model", body = serde_json::Value),(status = 503, description = "Still loading", body = crate::http::error::ErrorBody)))]
 /// `GET /v1/model`: what is being served and how.
-pub async fn model(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let serving = state
-        .serving()
-        .cloned()
-        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
+pub async fn model(
+    State(state): State<Arc<AppState>>,
+    model: ModelName,
+) -> Result<Response, ApiError> {
+    let serving = model.serving(&state)?;
     let protos = serving.store.snapshot();
     let cm = &protos.classes;
     let train_prior = cm.train_prior();
@@ -106,6 +106,19 @@ fn class_table(protos: &Prototypes) -> Vec<serde_json::Value> {
         .collect()
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "v1", operation_id = "models",
+    summary = "The model repository",
+    description = "Every model of the repository with its state (READY, LOADING, UNAVAILABLE with the reason) and which one the routes that name no model serve. /v1/models/{model}/classify (and /v1/models/{model}, /feedback, /monitoring, /prototypes/versions, and /admin/models/{model}/...) serve a named model.",
+    responses((status = 200, description = "{default, models: [{name, version, state, reason, default}]}", body = serde_json::Value)))]
+/// `GET /v1/models`.
+pub async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "default": state.models.default_name(),
+        "repository": state.config.model_repository,
+        "models": state.models.index(),
+    }))
+}
+
 #[utoipa::path(get, path = "/health/live", tag = "health", operation_id = "live",
     responses((status = 200, description = "The process runs", body = serde_json::Value)))]
 /// `GET /health/live`: the process is up.
@@ -180,11 +193,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 #[utoipa::path(get, path = "/v1/prototypes/versions", tag = "v1", operation_id = "prototype_versions",
     responses((status = 200, description = "The version served and the kept history, newest first", body = serde_json::Value),(status = 503, description = "Still loading", body = crate::http::error::ErrorBody)))]
 /// `GET /v1/prototypes/versions`: the version served and the kept history (newest first).
-pub async fn versions(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let serving = state
-        .serving()
-        .cloned()
-        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
+pub async fn versions(
+    State(state): State<Arc<AppState>>,
+    model: ModelName,
+) -> Result<Response, ApiError> {
+    let serving = model.serving(&state)?;
     let reloader = serving.reloader.clone();
     let mut entries = tokio::task::spawn_blocking(move || reloader.versions())
         .await

@@ -5,6 +5,9 @@
 //! | route | handler |
 //! |---|---|
 //! | `POST /v1/classify` | [`classify::classify`] |
+//! | `GET /v1/models` | [`info::models`] |
+//! | `/v1/models/{model}/...`, `/admin/models/{model}/...` | the same handlers, for that model ([`ModelName`]) |
+//! | `POST /v2/repository/index`, `/v2/repository/models/{model}/{load,unload}` | [`v2::repository::index`], [`v2::repository::load`], [`v2::repository::unload`] |
 //! | `GET /v1/model` | [`info::model`] |
 //! | `GET /health/live`, `GET /health/ready` | [`info::live`], [`info::ready`] |
 //! | `GET /metrics` | [`info::metrics`] |
@@ -52,6 +55,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(classify::classify).put(classify::classify),
         )
         .route("/v1/model", get(info::model))
+        .route("/v1/models", get(info::models))
+        .route("/v1/models/{model}", get(info::model))
+        .route(
+            "/v1/models/{model}/classify",
+            post(classify::classify).put(classify::classify),
+        )
+        .route("/v1/models/{model}/feedback", post(monitor::feedback))
+        .route("/v1/models/{model}/monitoring", get(monitor::monitoring))
+        .route(
+            "/v1/models/{model}/prototypes/versions",
+            get(info::versions),
+        )
         .route("/v1/feedback", post(monitor::feedback))
         .route("/v1/monitoring", get(monitor::monitoring))
         .route("/", get(page::console))
@@ -85,7 +100,29 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/prototypes/classes/{name}",
             axum::routing::delete(admin::remove_class),
         )
-        .route("/admin/prototypes/rollback", post(admin::rollback));
+        .route("/admin/prototypes/rollback", post(admin::rollback))
+        .route("/admin/models/{model}/reload", post(admin::admin_reload))
+        .route(
+            "/admin/models/{model}/prototypes/examples",
+            post(admin::learn_examples),
+        )
+        .route(
+            "/admin/models/{model}/prototypes/classes/{name}",
+            axum::routing::delete(admin::remove_class),
+        )
+        .route(
+            "/admin/models/{model}/prototypes/rollback",
+            post(admin::rollback),
+        )
+        .route("/v2/repository/index", post(v2::repository::index))
+        .route(
+            "/v2/repository/models/{model}/load",
+            post(v2::repository::load),
+        )
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(v2::repository::unload),
+        );
     // Tests only (`fault_injection`): inside the panic guard, like a handler's own fault.
     let routes = if state.config.fault_injection {
         routes.layer(middleware::from_fn(inject_fault))
@@ -101,6 +138,35 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// The model a route names (`{model}` in its path: `/v1/models/{model}/...`,
+/// `/admin/models/{model}/...`), or `None` on the routes that serve the default model.
+pub struct ModelName(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ModelName {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state).await;
+        let name = params.ok().and_then(|params| {
+            params
+                .iter()
+                .find(|(key, _)| *key == "model")
+                .map(|(_, value)| value.to_string())
+        });
+        Ok(ModelName(name))
+    }
+}
+
+impl ModelName {
+    /// The model, if it can answer.
+    pub fn serving(&self, state: &AppState) -> Result<Arc<crate::state::Serving>, ApiError> {
+        Ok(state.model(self.0.as_deref())?)
+    }
 }
 
 /// An unknown route: in the Open Inference Protocol's error shape under `/v2` (what its clients

@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::ApiError;
+use super::{ApiError, ModelName};
 use crate::feedback::FeedbackError;
 use crate::state::AppState;
 
@@ -36,7 +36,15 @@ pub struct FeedbackBody {
         (status = 409, description = "The answer already has its label", body = crate::http::error::ErrorBody)
     ))]
 /// `POST /v1/feedback`: `{"id": ..., "label": ...}`.
-pub async fn feedback(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+pub async fn feedback(
+    State(state): State<Arc<AppState>>,
+    model: ModelName,
+    body: axum::body::Bytes,
+) -> Response {
+    let serving = match model.serving(&state) {
+        Ok(serving) => serving,
+        Err(e) => return e.into_response(),
+    };
     let counted = |result: &str| state.metrics.feedback.with_label_values(&[result]).inc();
     let body: FeedbackBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -48,7 +56,7 @@ pub async fn feedback(State(state): State<Arc<AppState>>, body: axum::body::Byte
             .into_response();
         }
     };
-    match state.feedback.label(&body.id, &body.label) {
+    match serving.feedback.label(&body.id, &body.label) {
         Ok(accepted) => {
             counted("accepted");
             Json(accepted).into_response()
@@ -77,11 +85,11 @@ pub async fn feedback(State(state): State<Arc<AppState>>, body: axum::body::Byte
         (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
     ))]
 /// `GET /v1/monitoring`.
-pub async fn monitoring(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let serving = state
-        .serving()
-        .cloned()
-        .ok_or_else(|| ApiError::NotReady("the model is still loading".into()))?;
+pub async fn monitoring(
+    State(state): State<Arc<AppState>>,
+    model: ModelName,
+) -> Result<Json<Value>, ApiError> {
+    let serving = model.serving(&state)?;
     let protos = serving.store.snapshot();
     let drift = serving.engine.prior_drift(&protos);
     let decisions = |r: &str| {
@@ -105,14 +113,18 @@ pub async fn monitoring(State(state): State<Arc<AppState>>) -> Result<Json<Value
             "drifting": drift.total_variation > state.config.drift_warn,
         },
         "abstention": {"answers": answered + abstained, "abstained": abstained},
-        "feedback": state.feedback.metrics(),
+        "feedback": serving.feedback.metrics(),
     })))
 }
 
 /// The adaptive prior against the training prior, read once.
 pub fn refresh_gauges(state: &AppState) {
     let metrics = &state.metrics;
-    if let Some(serving) = state.serving() {
+    // The default model's figures (per-model labels are to come with the model repository).
+    let Some(serving) = state.serving() else {
+        return;
+    };
+    {
         let protos = serving.store.snapshot();
         let drift = serving.engine.prior_drift(&protos);
         // Labels change when classes are learned or removed: only the served ones are shown.
@@ -129,7 +141,7 @@ pub fn refresh_gauges(state: &AppState) {
             .set(drift.total_variation);
         metrics.prior_drift_kl.set(drift.kl);
     }
-    let window = state.feedback.metrics();
+    let window = serving.feedback.metrics();
     metrics.feedback_labelled.set(window.labelled as f64);
     for (name, value) in [
         ("accuracy", window.accuracy),

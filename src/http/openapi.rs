@@ -62,6 +62,7 @@ impl Modify for UniqueOperationIds {
     paths(
         super::classify::classify,
         super::info::model,
+        super::info::models,
         super::info::versions,
         super::monitor::feedback,
         super::monitor::monitoring,
@@ -82,6 +83,9 @@ impl Modify for UniqueOperationIds {
         super::v2::model_version_ready,
         super::v2::infer,
         super::v2::version_infer,
+        super::v2::repository::index,
+        super::v2::repository::load,
+        super::v2::repository::unload,
         document,
         page,
     ),

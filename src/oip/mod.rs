@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::infer::{ImageInput, InferError, RawOptions};
-use crate::state::{AppState, Serving};
+use crate::state::{AppState, RepositoryError, Serving};
 
 mod check;
 pub mod codec;
@@ -44,7 +44,7 @@ pub const PREDICTION_SET: &str = "prediction_set";
 pub const ABSTAINED: &str = "abstained";
 /// The protocol extensions this server implements (REST: both; gRPC has no binary extension,
 /// its tensors are raw bytes already).
-pub const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "classification"];
+pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "classification", "model_repository"];
 
 /// The request parameters this server knows (besides the REST `binary_data_output`).
 pub const PARAMETERS: [&str; 5] = ["rule", "prior", "coverage", "set", "abstain_below"];
@@ -65,9 +65,26 @@ pub enum OipError {
     /// The server is full or not ready (503 with Retry-After, UNAVAILABLE).
     #[error("{0}")]
     Unavailable(String),
+    /// A repository change without the admin token (401, or 403 when none is configured;
+    /// UNAUTHENTICATED, PERMISSION_DENIED).
+    #[error("{message}")]
+    Unauthorized { message: String, disabled: bool },
+    /// A model load that failed, or an unload that is not allowed (400, FAILED_PRECONDITION).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The server's own fault (500, INTERNAL).
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<RepositoryError> for OipError {
+    fn from(e: RepositoryError) -> Self {
+        match e {
+            RepositoryError::NotFound(m) | RepositoryError::NotLoaded(m) => OipError::NotFound(m),
+            RepositoryError::Loading(m) => OipError::Unavailable(m),
+            RepositoryError::Refused(m) => OipError::FailedPrecondition(m),
+        }
+    }
 }
 
 impl From<InferError> for OipError {
@@ -201,22 +218,16 @@ pub fn model_metadata(serving: &Serving) -> ModelMetadata {
     }
 }
 
-/// The loaded model, if `name` (and `version`, when given) is what this server serves.
+/// The loaded model `name` (and `version`, when given: the prototypes version it serves).
 pub fn find_model(
     state: &AppState,
     name: &str,
     version: Option<&str>,
 ) -> Result<Arc<Serving>, OipError> {
-    let serving = state
-        .serving()
-        .cloned()
-        .ok_or_else(|| OipError::Unavailable("the model is still loading".into()))?;
-    if name != serving.manifest.name {
-        return Err(OipError::NotFound(format!(
-            "unknown model {name:?}; this server serves {:?}",
-            serving.manifest.name
-        )));
+    if state.models.default_name().is_none() {
+        return Err(OipError::Unavailable("the models are still loading".into()));
     }
+    let serving = state.models.get(name)?;
     if let Some(v) = version.filter(|v| !v.is_empty()) {
         let served = serving.store.snapshot().version.clone();
         if v != served {

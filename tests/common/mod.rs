@@ -152,7 +152,6 @@ pub fn fixture(file: &str) -> Vec<u8> {
     std::fs::read(Path::new(PARITY_DIR).join(file)).unwrap()
 }
 
-/// The first parity fixture image's bytes.
 /// A multipart form of parity-fixture images (entries of the parity manifest), part `img{i}`
 /// with the fixture's file name, in order.
 pub fn fixture_form(images: &[serde_json::Value]) -> reqwest::blocking::multipart::Form {
@@ -168,6 +167,7 @@ pub fn fixture_form(images: &[serde_json::Value]) -> reqwest::blocking::multipar
     form
 }
 
+/// The first parity fixture image's bytes.
 pub fn any_jpeg() -> Vec<u8> {
     let m = parity_manifest();
     fixture(m["images"][0]["file"].as_str().unwrap())
@@ -197,13 +197,18 @@ pub fn classify(
 /// Copies the bundled model into a fresh temporary directory (for reload tests).
 pub fn copy_model_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    copy_model_into(dir.path());
+    dir
+}
+
+/// Copies the bundled model's files (not its subfolders) into `dir`, which must exist.
+pub fn copy_model_into(dir: &Path) {
     for entry in std::fs::read_dir(MODEL_DIR).unwrap() {
         let entry = entry.unwrap();
         if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
         }
     }
-    dir
 }
 
 /// Writes `bytes` to `path` atomically (temporary file + rename), as deployment tools do.

@@ -93,7 +93,7 @@ class Server:
     HTTP_LINE = "proco-serve listening on "
     GRPC_LINE = "proco-serve grpc listening on "
 
-    def __init__(self):
+    def __init__(self, extra_args=()):
         exe = server_binary()
         if not exe.exists():
             pytest.fail(f"{exe} does not exist: build it first (cargo test builds it)")
@@ -104,7 +104,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROCO_")}
         self.proc = subprocess.Popen(
             [str(exe), "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
-             "--log-level", "info"],
+             "--log-level", "info", *extra_args],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -10,6 +10,7 @@
 //! output asks (`parameters.binary_data`) or the request does (`binary_data_output`). No
 //! Content-Type is required (the Triton client sends none). In the JSON form an `image` element
 //! is the base64 of the encoded image, since JSON strings cannot carry arbitrary bytes.
+pub mod repository;
 mod request;
 mod response;
 
@@ -50,8 +51,12 @@ impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
         let status = match &self.0 {
             OipError::NotFound(_) => StatusCode::NOT_FOUND,
+            OipError::Unauthorized {
+                disabled: false, ..
+            } => StatusCode::UNAUTHORIZED,
+            OipError::Unauthorized { disabled: true, .. } => StatusCode::FORBIDDEN,
             OipError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            OipError::Invalid(_) => StatusCode::BAD_REQUEST,
+            OipError::Invalid(_) | OipError::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
             OipError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             OipError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

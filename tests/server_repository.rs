@@ -1,0 +1,233 @@
+//! The model repository, over real HTTP with the real model: a repository of three folders (the
+//! bundled model as the default, a renamed copy, and a folder whose manifest is broken); the
+//! index in `/v1` and OIP form; loading, serving, unloading and loading again the copy (its
+//! answers the same bit for bit); refusals (no token, the default model, a broken folder, an
+//! unknown model) in each protocol's error shape; and a stream of requests to the default model
+//! that sees no failure while the copy is unloaded and loaded again and again.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::{any_jpeg, client, copy_model_into, Server};
+use serde_json::{json, Value};
+
+const DEFAULT: &str = "cifar10-lt-proco-resnet32";
+const COPY: &str = "cifar10-lt-copy";
+const TOKEN: &str = "repo-test";
+
+/// `root/default` (the bundled model), `root/copy` (the same files, renamed `COPY`, its
+/// prototypes naming it too), `root/broken` (a manifest that is not TOML).
+fn repository(root: &Path) {
+    for name in ["default", "copy", "broken"] {
+        std::fs::create_dir(root.join(name)).unwrap();
+    }
+    copy_model_into(&root.join("default"));
+    copy_model_into(&root.join("copy"));
+    let manifest = root.join("copy/model.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace(DEFAULT, COPY)).unwrap();
+    let protos = root.join("copy/prototypes.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&protos).unwrap()).unwrap();
+    doc["model"] = json!(COPY);
+    std::fs::write(&protos, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    std::fs::write(root.join("broken/model.toml"), "name = [unclosed").unwrap();
+}
+
+fn start(root: &Path) -> Server {
+    Server::start(&[
+        "--model-dir",
+        root.join("default").to_str().unwrap(),
+        "--model-repository",
+        root.to_str().unwrap(),
+        "--admin-token",
+        TOKEN,
+        "--reload-poll-ms",
+        "0",
+    ])
+}
+
+fn post(server: &Server, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = client().post(server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+fn classify(server: &Server, model: Option<&str>) -> (u16, Value) {
+    let path = match model {
+        Some(m) => format!("/v1/models/{m}/classify?posterior=true"),
+        None => "/v1/classify?posterior=true".into(),
+    };
+    let r = client()
+        .post(server.url(&path))
+        .header("content-type", "image/jpeg")
+        .body(any_jpeg())
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap())
+}
+
+fn states(server: &Server) -> Vec<(String, String, String)> {
+    let (status, index) = post(server, "/v2/repository/index", None);
+    assert_eq!(status, 200, "{index}");
+    index
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let field = |k: &str| m[k].as_str().unwrap_or_default().to_string();
+            (field("name"), field("state"), field("reason"))
+        })
+        .collect()
+}
+
+#[test]
+fn models_load_serve_unload_and_load_again() {
+    let root = tempfile::tempdir().unwrap();
+    repository(root.path());
+    let server = start(root.path());
+
+    // The index: the default ready, the copy not loaded, the broken folder by its folder name.
+    let index = states(&server);
+    let state_of = |index: &[(String, String, String)], name: &str| {
+        index
+            .iter()
+            .find(|m| m.0 == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(state_of(&index, DEFAULT).1, "READY", "{index:?}");
+    assert_eq!(state_of(&index, COPY).1, "UNAVAILABLE", "{index:?}");
+    assert_eq!(state_of(&index, "broken").1, "UNAVAILABLE", "{index:?}");
+    let (status, v1) = common::get_json(&client(), &server, "/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(v1["default"], DEFAULT);
+    assert_eq!(v1["models"].as_array().unwrap().len(), 3, "{v1}");
+    let (status, v2) = common::get_json(&client(), &server, "/v2");
+    assert_eq!(status, 200);
+    assert!(
+        v2["extensions"].to_string().contains("model_repository"),
+        "{v2}"
+    );
+
+    // Not loaded: a clean 404 in each protocol's shape, never a 500.
+    let (status, body) = classify(&server, Some(COPY));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_loaded")),
+        "{body}"
+    );
+    let (status, body) = post(&server, &format!("/v2/models/{COPY}/infer"), None);
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = classify(&server, Some("no-such-model"));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_found")),
+        "{body}"
+    );
+
+    // Loading needs the admin token.
+    let load = format!("/v2/repository/models/{COPY}/load");
+    let unload = format!("/v2/repository/models/{COPY}/unload");
+    assert_eq!(post(&server, &load, None).0, 401);
+    assert_eq!(post(&server, &load, Some("wrong")).0, 401);
+    let (status, body) = post(&server, &load, Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state_of(&states(&server), COPY).1, "READY");
+
+    // The copy answers as the default does (the same encoder and prototypes).
+    let (status, default_answer) = classify(&server, None);
+    assert_eq!(status, 200);
+    let (status, first) = classify(&server, Some(COPY));
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["model"], COPY);
+    assert_eq!(first["posterior"], default_answer["posterior"]);
+
+    // The default model stays; the copy unloads and then answers 404.
+    let (status, body) = post(
+        &server,
+        &format!("/v2/repository/models/{DEFAULT}/unload"),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("default"),
+        "{body}"
+    );
+    assert_eq!(post(&server, &unload, Some(TOKEN)).0, 200);
+    let (name, state, reason) = state_of(&states(&server), COPY);
+    assert_eq!(
+        (name.as_str(), state.as_str(), reason.as_str()),
+        (COPY, "UNAVAILABLE", "unloaded")
+    );
+    assert_eq!(classify(&server, Some(COPY)).0, 404);
+
+    // Loaded again: the same answers, bit for bit.
+    assert_eq!(post(&server, &load, Some(TOKEN)).0, 200);
+    let (status, again) = classify(&server, Some(COPY));
+    assert_eq!(status, 200);
+    assert_eq!(again["posterior"], first["posterior"]);
+
+    // A broken folder: refused with the reason, and the others serve on.
+    let (status, body) = post(&server, "/v2/repository/models/broken/load", Some(TOKEN));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("model.toml"),
+        "{body}"
+    );
+    assert_eq!(state_of(&states(&server), "broken").1, "UNAVAILABLE");
+    assert_eq!(classify(&server, None).0, 200);
+    assert_eq!(classify(&server, Some(COPY)).0, 200);
+}
+
+/// 4 clients stream requests to the default model while the copy is unloaded and loaded 10
+/// times: none fails.
+#[test]
+fn other_models_serve_through_loads_and_unloads() {
+    let root = tempfile::tempdir().unwrap();
+    repository(root.path());
+    let server = Arc::new(start(root.path()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, stop) = (server.clone(), stop.clone());
+            let (answered, failed) = (answered.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match classify(&server, Some(DEFAULT)).0 {
+                        200 => answered.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        let (status, body) = post(
+            &server,
+            &format!("/v2/repository/models/{COPY}/load"),
+            Some(TOKEN),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(classify(&server, Some(COPY)).0, 200);
+        let (status, body) = post(
+            &server,
+            &format!("/v2/repository/models/{COPY}/unload"),
+            Some(TOKEN),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(answered.load(Ordering::Relaxed) > 0);
+}
