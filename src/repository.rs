@@ -284,6 +284,7 @@ impl Repository {
         tokio::task::spawn_blocking(move || {
             serving.infer.shutdown();
             drop(serving);
+            release_freed_memory();
         })
         .await
         .map_err(|e| RepositoryError::Refused(format!("unloading failed: {e}")))?;
@@ -348,6 +349,22 @@ impl Repository {
                 }
                 Some(_) => {}
             }
+        }
+    }
+}
+
+/// Hands the memory a model freed back to the system. glibc keeps freed blocks in its arenas
+/// (one per thread that allocated), so without this an unloaded model's encoder session and
+/// tensors would stay resident; `malloc_trim` releases what is free at the top of every arena.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+        }
+        // SAFETY: malloc_trim only walks glibc's own arenas and takes their locks.
+        unsafe {
+            malloc_trim(0);
         }
     }
 }

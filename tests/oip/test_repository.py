@@ -24,6 +24,8 @@ from test_triton_client import MODEL, REPO, THREE, Server, http_images
 COPY = "cifar10-lt-copy"
 TOKEN = "oip-repository-test"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# gRPC metadata keys are lower case.
+GRPC_AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 def make_repository(root: Path):
@@ -95,15 +97,15 @@ def test_index_load_unload_load_again(http, grpc):
     first = probabilities(http, COPY)
     assert np.array_equal(first, probabilities(http, MODEL))
 
-    grpc.unload_model(COPY, headers=AUTH)
+    grpc.unload_model(COPY, headers=GRPC_AUTH)
     assert states_http(http)[COPY] == "UNAVAILABLE"
     with pytest.raises(InferenceServerException) as e:
         probabilities(http, COPY)
     assert "not loaded" in str(e.value)
     with pytest.raises(InferenceServerException):
-        grpc.unload_model(MODEL, headers=AUTH)  # the default model stays
+        grpc.unload_model(MODEL, headers=GRPC_AUTH)  # the default model stays
 
-    grpc.load_model(COPY, headers=AUTH)
+    grpc.load_model(COPY, headers=GRPC_AUTH)
     assert np.array_equal(probabilities(http, COPY), first)
 
 
@@ -131,8 +133,8 @@ def test_streams_to_one_model_survive_50_loads_of_another(server, grpc):
         c.start()
     try:
         for _ in range(50):
-            grpc.load_model(COPY, headers=AUTH)
-            grpc.unload_model(COPY, headers=AUTH)
+            grpc.load_model(COPY, headers=GRPC_AUTH)
+            grpc.unload_model(COPY, headers=GRPC_AUTH)
     finally:
         stop.set()
         for c in clients:
