@@ -244,14 +244,18 @@ fn run(
                 shared.health.failed(e);
             }
         }
+        // The work is done: room is given back before each answer, so a client that sends its
+        // next request the moment it has this answer finds the room there.
         match outcome {
             Ok(results) => {
-                for ((reply, _admission), result) in replies.into_iter().zip(results) {
+                for ((reply, admission), result) in replies.into_iter().zip(results) {
+                    drop(admission);
                     let _ = reply.send(result);
                 }
             }
             Err(e) => {
-                for (reply, _admission) in replies {
+                for (reply, admission) in replies {
+                    drop(admission);
                     let _ = reply.send(Err(BatchError::Failed(e.clone())));
                 }
             }

@@ -114,8 +114,7 @@ impl GrpcInferenceService for Service {
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        oip::find_model(&self.state, &r.name, Some(&r.version)).map_err(status)?;
-        let ready = self.state.readiness().is_ok();
+        let ready = oip::model_ready(&self.state, &r.name, Some(&r.version)).map_err(status)?;
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 

@@ -43,6 +43,7 @@ fn request_ids_and_access_log_lines() {
         .unwrap_or_else(|| panic!("no access line:\n{logs}"));
     for part in [
         "POST /v1/classify 200",
+        "model=cifar10-lt-proco-resnet32",
         "images=1",
         "batch=1",
         "rule=ensemble",

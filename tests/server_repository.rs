@@ -169,6 +169,11 @@ fn models_load_serve_unload_and_load_again() {
         (COPY, "UNAVAILABLE", "unloaded")
     );
     assert_eq!(classify(&server, Some(COPY)).0, 404);
+    let r = client()
+        .get(server.url(&format!("/v2/models/{COPY}/ready")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503, "an unloaded model is not ready");
 
     // Loaded again: the same answers, bit for bit.
     assert_eq!(post(&server, &load, Some(TOKEN)).0, 200);

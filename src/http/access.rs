@@ -4,7 +4,7 @@
 //! characters of letters, digits and `-_.:`), otherwise a fresh one. It is returned in the
 //! `X-Request-Id` header and in every error body, and it is on the access-log line, so that a
 //! client's report can be found in the log. Handlers that classify attach an [`AccessInfo`] to
-//! their response (images, batch size, rule, prior, prototypes version) for the line.
+//! their response (model, images, batch size, rule, prior, prototypes version) for the line.
 //!
 //! A panic inside a handler is caught ([`panic_response`]): the request gets a 500 JSON error,
 //! `proco_panics_total` counts it, and the server goes on serving.
@@ -64,6 +64,8 @@ fn new_id() -> String {
 /// What a classifying handler tells the access log about its request.
 #[derive(Clone, Debug, Default)]
 pub struct AccessInfo {
+    /// The model that answered.
+    pub model: String,
     pub images: usize,
     pub batch_size: usize,
     pub rule: String,
@@ -113,9 +115,9 @@ impl Line<'_> {
             Format::Off => {}
             Format::Text => tracing::info!(
                 target: "proco_serve::access",
-                "{} {} {} in={} out={} {:.2}ms images={} batch={} rule={} prior={} prototypes={} id={}",
+                "{} {} {} in={} out={} {:.2}ms model={} images={} batch={} rule={} prior={} prototypes={} id={}",
                 self.method, self.route, self.status, self.bytes_in, bytes_out,
-                self.seconds * 1e3, info.images, info.batch_size, dash(&info.rule),
+                self.seconds * 1e3, dash(&info.model), info.images, info.batch_size, dash(&info.rule),
                 dash(&info.prior), dash(&info.prototypes_version), self.request_id
             ),
             Format::Json => tracing::info!(
@@ -124,7 +126,7 @@ impl Line<'_> {
                 serde_json::json!({
                     "method": self.method, "route": self.route, "status": self.status,
                     "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-                    "duration_ms": self.seconds * 1e3, "images": info.images,
+                    "duration_ms": self.seconds * 1e3, "model": info.model, "images": info.images,
                     "batch_size": info.batch_size, "rule": info.rule, "prior": info.prior,
                     "prototypes_version": info.prototypes_version, "request_id": self.request_id,
                 })

@@ -29,6 +29,27 @@ use super::{body, ApiError, ModelName};
 use crate::infer::{Classified, Prediction, PredictionSet, RawOptions, Rule};
 use crate::state::{AppState, Serving};
 
+/// The query parameters of `/v1/classify` (documentation; [`query_options`] reads them).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ClassifyQuery {
+    /// Classes in the answer (default 5, clamped to the class count)
+    top_k: Option<usize>,
+    /// linear | proco | vmf | ensemble (default: the server's)
+    rule: Option<String>,
+    /// uniform | train | adaptive | C comma-separated positive weights
+    prior: Option<String>,
+    /// Include the full probability vector
+    posterior: Option<bool>,
+    /// Add a conformal prediction set that holds the true label with this probability, e.g. 0.9 (needs conformal scores in the prototypes)
+    coverage: Option<f64>,
+    /// class (default: coverage for every class, whatever the class mix) | marginal (coverage on average over a balanced mix)
+    set: Option<String>,
+    /// Mark the answer abstained when its top probability is below this
+    abstain_below: Option<f64>,
+}
+
 /// Timings of one image, in milliseconds.
 #[derive(Serialize)]
 struct Timings {
@@ -100,15 +121,7 @@ fn ms(d: Duration) -> f64 {
     operation_id = "classify",
     summary = "Classify images: calibrated, prior-adjusted class probabilities",
     description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
-    params(
-        ("top_k" = Option<usize>, Query, description = "Classes in the answer (default 5, clamped to the class count)"),
-        ("rule" = Option<String>, Query, description = "linear | proco | vmf | ensemble (default: the server's)"),
-        ("prior" = Option<String>, Query, description = "uniform | train | adaptive | C comma-separated positive weights"),
-        ("posterior" = Option<bool>, Query, description = "Include the full probability vector"),
-        ("coverage" = Option<f64>, Query, description = "Add a conformal prediction set that holds the true label with this probability, e.g. 0.9 (needs conformal scores in the prototypes)"),
-        ("set" = Option<String>, Query, description = "class (default: coverage for every class, whatever the class mix) | marginal (coverage on average over a balanced mix)"),
-        ("abstain_below" = Option<f64>, Query, description = "Mark the answer abstained when its top probability is below this"),
-    ),
+    params(ClassifyQuery),
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
     responses(
         (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
@@ -146,6 +159,7 @@ pub async fn classify(
         ms(started.elapsed()),
     );
     let info = answers.first().map(|a| AccessInfo {
+        model: a.model.clone(),
         images: answers.len(),
         batch_size: a.batch_size,
         rule: a.rule.to_string(),
@@ -171,6 +185,34 @@ pub async fn classify(
         response.extensions_mut().insert(info);
     }
     Ok(response)
+}
+
+#[utoipa::path(
+    method(post, put),
+    path = "/v1/models/{model}/classify",
+    tag = "v1",
+    operation_id = "classify_model",
+    summary = "Classify images with a named model of the repository",
+    description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
+    params(("model" = String, Path, description = "A model of the repository (GET /v1/models)"), ClassifyQuery),
+    request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
+    responses(
+        (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
+        (status = 400, description = "A malformed request: empty body, bad query parameter, rule or conformal scores unavailable, coverage level not served", body = crate::http::error::ErrorBody),
+        (status = 413, description = "Body, image or part count over the limits", body = crate::http::error::ErrorBody),
+        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::error::ErrorBody),
+        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::error::ErrorBody),
+        (status = 404, description = "No such model, or it is not loaded", body = crate::http::error::ErrorBody),
+        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::error::ErrorBody)
+    )
+)]
+/// `POST /v1/models/{model}/classify` (and `PUT`): as `/v1/classify`, with the named model.
+pub async fn classify_model(
+    state: State<Arc<AppState>>,
+    model: ModelName,
+    request: Request,
+) -> Result<Response, ApiError> {
+    classify(state, model, request).await
 }
 
 /// One answer per image, in request order; each is kept for feedback.

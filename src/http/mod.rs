@@ -59,7 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{model}", get(info::model))
         .route(
             "/v1/models/{model}/classify",
-            post(classify::classify).put(classify::classify),
+            post(classify::classify_model).put(classify::classify_model),
         )
         .route("/v1/models/{model}/feedback", post(monitor::feedback))
         .route("/v1/models/{model}/monitoring", get(monitor::monitoring))

@@ -61,6 +61,7 @@ impl Modify for UniqueOperationIds {
     ),
     paths(
         super::classify::classify,
+        super::classify::classify_model,
         super::info::model,
         super::info::models,
         super::info::versions,

@@ -239,6 +239,28 @@ pub fn find_model(
     Ok(serving)
 }
 
+/// Whether model `name` (and `version`, when given) can answer now: loaded, its inference
+/// thread healthy, the server not draining. A model of the repository that is loading or not
+/// loaded is not ready; an unknown one is an error.
+pub fn model_ready(state: &AppState, name: &str, version: Option<&str>) -> Result<bool, OipError> {
+    match find_model(state, name, version) {
+        Ok(serving) => Ok(serving.readiness() == crate::batcher::Readiness::Ready
+            && !state.draining.load(std::sync::atomic::Ordering::Acquire)),
+        Err(OipError::Unavailable(_)) => Ok(false),
+        Err(e) => {
+            let loading_or_unloaded = matches!(
+                state.models.get(name),
+                Err(RepositoryError::Loading(_) | RepositoryError::NotLoaded(_))
+            );
+            if loading_or_unloaded {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Runs one inference request through the front layer.
 pub async fn infer(
     state: &AppState,

@@ -101,15 +101,20 @@ pub async fn live() -> Json<Value> {
     responses((status = 200, description = "Ready", body = serde_json::Value),(status = 503, description = "Not ready", body = serde_json::Value)))]
 /// `GET /v2/health/ready`: as `/health/ready`.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    match state.readiness() {
-        Ok(_) => Json(json!({"ready": true})).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            Json(json!({"ready": false})),
-        )
-            .into_response(),
+    ready_answer(state.readiness().is_ok())
+}
+
+/// `{"ready": true}`, or 503 with Retry-After and `{"ready": false}`.
+fn ready_answer(ready: bool) -> Response {
+    if ready {
+        return Json(json!({"ready": true})).into_response();
     }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({"ready": false})),
+    )
+        .into_response()
 }
 
 #[utoipa::path(get, path = "/v2/models/{name}", tag = "v2", operation_id = "v2_model_metadata", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32")),
@@ -166,8 +171,7 @@ async fn readiness(
     Path(path): Path<Vec<(String, String)>>,
 ) -> Result<Response, V2Error> {
     let (name, version) = model_path(&path);
-    oip::find_model(&state, name, version)?;
-    Ok(ready(State(state)).await)
+    Ok(ready_answer(oip::model_ready(&state, name, version)?))
 }
 
 #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "v2", operation_id = "v2_infer", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32")),
@@ -210,6 +214,7 @@ async fn run_infer(
     let request = parse_request(&parts.headers, bytes)?;
     let answer = oip::infer(&state, &serving, request).await?;
     let info = super::access::AccessInfo {
+        model: answer.model_name.clone(),
         images: answer.images,
         batch_size: answer.batch_size,
         rule: param(&answer, "rule"),
