@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -224,9 +225,10 @@ class Soak:
                     self.learn_errors[str(status)] = data[:200].decode("utf-8", "replace")
 
     def metric_sum(self, text, prefix):
+        """The sum of the samples that start with `prefix`, whatever their `model` label."""
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(prefix):
+            if re.sub(r'model="[^"]*",?|,model="[^"]*"', "", line).startswith(prefix):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 

@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::encoder::{Encode, EncoderOutput};
 use crate::engine::{Engine, RequestOptions, Scored};
 use crate::prototypes::{PrototypeStore, Prototypes};
-use crate::telemetry::Metrics;
+use crate::telemetry::ModelMetrics;
 use crate::vmf::Rule;
 
 mod health;
@@ -108,7 +108,7 @@ pub enum BatchError {
 struct Shared {
     store: Arc<PrototypeStore>,
     engine: Arc<Engine>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
     health: Arc<Health>,
     config: BatchConfig,
 }
@@ -119,7 +119,7 @@ pub struct Batcher {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     permits: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
     health: Arc<Health>,
     input_len: usize,
 }
@@ -131,7 +131,7 @@ impl Batcher {
         input_size: (usize, usize),
         store: Arc<PrototypeStore>,
         engine: Arc<Engine>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ModelMetrics>,
         config: BatchConfig,
     ) -> std::io::Result<Batcher> {
         let (tx, rx) = mpsc::channel::<Job>();

@@ -22,7 +22,7 @@ use crate::prototypes::{PrototypeError, PrototypeStore, Prototypes};
 
 pub use crate::prototypes::change::ChangeError as Refusal;
 pub use crate::prototypes::ReloadOutcome;
-use crate::telemetry::Metrics;
+use crate::telemetry::ModelMetrics;
 
 /// What started a reload (for the log).
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +81,7 @@ pub struct Changed {
 /// The one way prototypes change.
 pub struct Reloader {
     store: Arc<PrototypeStore>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
     /// `None` when the history is switched off (`prototype_history = 0`).
     history: Option<History>,
     max_classes: usize,
@@ -94,7 +94,7 @@ impl Reloader {
     /// change may create.
     pub fn new(
         store: Arc<PrototypeStore>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ModelMetrics>,
         keep: usize,
         max_classes: usize,
     ) -> Self {

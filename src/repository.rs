@@ -131,6 +131,18 @@ impl Repository {
         }
     }
 
+    /// The models loaded now.
+    pub fn loaded(&self) -> Vec<Arc<Serving>> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        models
+            .values()
+            .filter_map(|slot| match &slot.state {
+                ModelState::Ready(serving) => Some(serving.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every model of the repository, in name order, with its state; the folders are read
     /// again first, so models added since start are listed (as not loaded).
     pub fn index(&self) -> Vec<IndexEntry> {
@@ -283,6 +295,7 @@ impl Repository {
         }
         tokio::task::spawn_blocking(move || {
             serving.infer.shutdown();
+            serving.metrics.forget();
             drop(serving);
             release_freed_memory();
         })

@@ -17,7 +17,7 @@ use crate::manifest::ModelManifest;
 use crate::preprocess::DecodeLimits;
 use crate::prototypes::{EncoderShape, PrototypeStore, Prototypes};
 use crate::reload::Reloader;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, ModelMetrics};
 use crate::vmf::AdaptivePriorConfig;
 
 /// Which execution provider runs the encoder, and why when it is not the one asked for.
@@ -45,6 +45,8 @@ pub struct Serving {
     pub default_prior: PriorName,
     /// Answers waiting for their true label, and the window of labelled ones.
     pub feedback: FeedbackStore,
+    /// Its series of every per-model metric family (`model` label).
+    pub metrics: Arc<ModelMetrics>,
 }
 
 impl Serving {
@@ -113,6 +115,8 @@ pub fn load(config: &Config, model_dir: &Path, metrics: Arc<Metrics>) -> anyhow:
         shape.feature_dim,
         config.default_rule
     );
+    // The model's own series: every per-model family with its `model` label.
+    let metrics = Arc::new(metrics.model(&manifest.name));
     publish_model_metrics(&metrics, &provider, &manifest, &shape, &snapshot);
 
     let (engine, infer) = start_inference(config, &manifest, encoder, &store, &metrics)?;
@@ -122,7 +126,7 @@ pub fn load(config: &Config, model_dir: &Path, metrics: Arc<Metrics>) -> anyhow:
         manifest,
         reloader: Arc::new(Reloader::new(
             store.clone(),
-            metrics,
+            metrics.clone(),
             config.prototype_history,
             config.max_classes,
         )),
@@ -133,6 +137,7 @@ pub fn load(config: &Config, model_dir: &Path, metrics: Arc<Metrics>) -> anyhow:
         feature_dim: shape.feature_dim,
         num_classes: shape.num_classes,
         default_prior: config.default_prior,
+        metrics,
     })
 }
 
@@ -142,7 +147,7 @@ fn start_inference(
     manifest: &Arc<ModelManifest>,
     encoder: Encoder,
     store: &Arc<PrototypeStore>,
-    metrics: &Arc<Metrics>,
+    metrics: &Arc<ModelMetrics>,
 ) -> anyhow::Result<(Arc<Engine>, Infer)> {
     let engine = Arc::new(
         Engine::new(
@@ -192,7 +197,7 @@ fn start_inference(
 
 /// The `_info` gauges and the adaptive prior's starting point (the training prior).
 fn publish_model_metrics(
-    metrics: &Metrics,
+    metrics: &ModelMetrics,
     provider: &ProviderReport,
     manifest: &ModelManifest,
     shape: &EncoderShape,
@@ -205,7 +210,6 @@ fn publish_model_metrics(
     metrics
         .model_info
         .with_label_values(&[
-            shape.model.as_str(),
             manifest.variant.as_str(),
             &shape.feature_dim.to_string(),
             &shape.num_classes.to_string(),

@@ -162,7 +162,16 @@ fn models_load_serve_unload_and_load_again() {
         body["error"].as_str().unwrap().contains("default"),
         "{body}"
     );
+    // Each model has its own series (`model` label); an unloaded model's are gone.
+    let text = common::metrics_text(&server);
+    for model in [DEFAULT, COPY] {
+        let series = format!("proco_classes{{model=\"{model}\"}}");
+        assert_eq!(common::metric(&text, &series), Some(10.0), "{series}");
+    }
     assert_eq!(post(&server, &unload, Some(TOKEN)).0, 200);
+    let text = common::metrics_text(&server);
+    assert!(!text.contains(&format!("model=\"{COPY}\"")), "{text}");
+    assert!(text.contains(&format!("model=\"{DEFAULT}\"")));
     let (name, state, reason) = state_of(&states(&server), COPY);
     assert_eq!(
         (name.as_str(), state.as_str(), reason.as_str()),

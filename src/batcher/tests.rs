@@ -53,7 +53,7 @@ impl Encode for FakeEncoder {
 struct Harness {
     batcher: Batcher,
     store: Arc<PrototypeStore>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
     calls: Arc<Mutex<Vec<usize>>>,
     /// One token lets one encoder call through (when the harness is gated).
     gate: Option<std_mpsc::Sender<()>>,
@@ -74,7 +74,7 @@ fn harness(script: &[Step], gated: bool, max_batch_size: usize, queue_capacity: 
         shape,
         tiny_prototypes(1.0),
     ));
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Arc::new(crate::telemetry::Metrics::new()).model("tiny"));
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (gate_tx, gate_rx) = std_mpsc::channel();
     let encoder = FakeEncoder {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{ApiError, ModelName};
 use crate::feedback::FeedbackError;
-use crate::state::AppState;
+use crate::state::{AppState, Serving};
 
 /// The body of `POST /v1/feedback`.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -45,7 +45,7 @@ pub async fn feedback(
         Ok(serving) => serving,
         Err(e) => return e.into_response(),
     };
-    let counted = |result: &str| state.metrics.feedback.with_label_values(&[result]).inc();
+    let counted = |result: &str| serving.metrics.feedback.with_label_values(&[result]).inc();
     let body: FeedbackBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -93,7 +93,7 @@ pub async fn monitoring(
     let protos = serving.store.snapshot();
     let drift = serving.engine.prior_drift(&protos);
     let decisions = |r: &str| {
-        state
+        serving
             .metrics
             .abstention_decisions
             .with_label_values(&[r])
@@ -117,13 +117,16 @@ pub async fn monitoring(
     })))
 }
 
-/// The adaptive prior against the training prior, read once.
+/// The adaptive prior against the training prior and the feedback window, of every loaded
+/// model, read once per scrape.
 pub fn refresh_gauges(state: &AppState) {
-    let metrics = &state.metrics;
-    // The default model's figures (per-model labels are to come with the model repository).
-    let Some(serving) = state.serving() else {
-        return;
-    };
+    for serving in state.models.loaded() {
+        refresh_model_gauges(&serving);
+    }
+}
+
+fn refresh_model_gauges(serving: &Serving) {
+    let metrics = &serving.metrics;
     {
         let protos = serving.store.snapshot();
         let drift = serving.engine.prior_drift(&protos);

@@ -24,7 +24,7 @@ use crate::engine::{Engine, PriorName, RequestOptions};
 use crate::manifest::ModelManifest;
 use crate::preprocess::{self, DecodeLimits};
 use crate::prototypes::PrototypeStore;
-use crate::telemetry::Metrics;
+use crate::telemetry::ModelMetrics;
 
 pub use crate::batcher::{JobResult, Readiness};
 pub use crate::engine::{top_k, Prediction, PredictionSet, Scored};
@@ -63,7 +63,7 @@ pub struct Parts {
     pub engine: Arc<Engine>,
     pub defaults: Defaults,
     pub limits: DecodeLimits,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ModelMetrics>,
     pub queue_capacity: usize,
 }
 

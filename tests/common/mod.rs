@@ -240,11 +240,39 @@ pub fn metrics_text(server: &Server) -> String {
 }
 
 /// The value of one sample in Prometheus text, e.g. `metric(text, "proco_x_total{result=\"ok\"}")`.
+/// Every series about a model carries its `model` label; a `series` that does not name one
+/// matches any model's (these tests serve one).
 pub fn metric(text: &str, series: &str) -> Option<f64> {
+    let named = series.contains("model=");
     text.lines()
         .find_map(|l| {
-            l.strip_prefix(series)
+            let line = if named {
+                l.to_string()
+            } else {
+                without_model_label(l)
+            };
+            line.strip_prefix(series)
                 .and_then(|rest| rest.strip_prefix(' '))
+                .map(str::to_string)
         })
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// A sample line with its `model="..."` label taken out.
+fn without_model_label(line: &str) -> String {
+    let Some(start) = line.find("model=\"") else {
+        return line.to_string();
+    };
+    let Some(len) = line[start + 7..].find('"') else {
+        return line.to_string();
+    };
+    // Labels are written in name order: the model label may be first, in the middle or last.
+    let (mut start, mut end) = (start, start + 7 + len + 1);
+    if line[end..].starts_with(',') {
+        end += 1;
+    } else if line[..start].ends_with(',') {
+        start -= 1;
+    }
+    let out = format!("{}{}", &line[..start], &line[end..]);
+    out.replace("{}", "")
 }

@@ -56,7 +56,7 @@ def model_files(prototypes: str) -> dict:
 
 def reloads(server, result):
     body = get(server.url + "/metrics")[1].decode()
-    m = re.search(r'proco_prototype_reloads_total\{result="%s"\} (\S+)' % result, body)
+    m = re.search(r'proco_prototype_reloads_total\{model="[^"]*",result="%s"\} (\S+)' % result, body)
     return float(m.group(1)) if m else 0.0
 
 
