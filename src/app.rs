@@ -116,6 +116,7 @@ fn spawn_loader(state: Arc<AppState>) -> tokio::sync::mpsc::Receiver<anyhow::Err
             Ok(()) => {
                 state.metrics.ready.set(1);
                 tracing::info!("ready");
+                poll_repository(state).await;
             }
             Err(e) => {
                 let _ = fail_tx.send(e).await;
@@ -123,6 +124,25 @@ fn spawn_loader(state: Arc<AppState>) -> tokio::sync::mpsc::Receiver<anyhow::Err
         }
     });
     fail_rx
+}
+
+/// With `repository_poll_ms`, looks at the repository on that interval for good.
+async fn poll_repository(state: Arc<AppState>) {
+    let every = Duration::from_millis(state.config.repository_poll_ms);
+    if every.is_zero() {
+        return;
+    }
+    tracing::info!(
+        "polling the repository {} every {} ms",
+        state.config.model_repository.display(),
+        every.as_millis()
+    );
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        state.models.poll_once().await;
+    }
 }
 
 /// Serves the gRPC adapter on its listener until the drain closes the listeners.

@@ -86,6 +86,8 @@ settings! {
     model_repository: PathBuf = PathBuf::from("models"), env "PROCO_MODEL_REPOSITORY";
     /// Repository models loaded at start besides the default: none | all | comma-separated model names
     load_models: String = "none".to_string(), env "PROCO_LOAD_MODELS";
+    /// How often the repository is looked at, in ms, to load added model folders, reload changed ones and unload removed ones (0: never; loads and unloads come from the API)
+    repository_poll_ms: u64 = 0, env "PROCO_REPOSITORY_POLL_MS";
     /// Rule used when a request gives none: linear | proco | vmf | ensemble
     default_rule: Rule = Rule::Proco, env "PROCO_DEFAULT_RULE";
     /// Prior used when a request gives none: uniform | train | adaptive

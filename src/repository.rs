@@ -71,8 +71,13 @@ pub enum RepositoryError {
     Refused(String),
 }
 
+/// The reason of a model found in the repository and never asked for.
+const NOT_LOADED: &str = "not loaded";
+
 struct Slot {
     dir: PathBuf,
+    /// What the poll compares: the manifest's and the served encoder's size and time, as loaded.
+    stamp: Option<Stamp>,
     state: ModelState,
     /// The prototype watchers of a ready model; dropped (stopped) on unload.
     watchers: Option<Watchers>,
@@ -223,14 +228,7 @@ impl Repository {
         match loaded {
             Ok(serving) if serving.manifest.name == name => {
                 let serving = Arc::new(serving);
-                let poll = Duration::from_millis(self.config.reload_poll_ms);
-                let hangup = reload::listen_for_hangup();
-                slot.watchers = Some(reload::spawn_watchers(
-                    serving.reloader.clone(),
-                    poll,
-                    hangup,
-                ));
-                slot.state = ModelState::Ready(serving.clone());
+                self.serve(slot, serving.clone());
                 tracing::info!(
                     "model {name:?} ready ({} ms)",
                     started.elapsed().as_millis()
@@ -253,6 +251,132 @@ impl Repository {
                     "model {name:?} failed to load: {reason}"
                 )))
             }
+        }
+    }
+
+    /// Puts a loaded model in service in its slot, with its prototype watchers.
+    fn serve(&self, slot: &mut Slot, serving: Arc<Serving>) {
+        let poll = Duration::from_millis(self.config.reload_poll_ms);
+        let hangup = reload::listen_for_hangup();
+        slot.watchers = Some(reload::spawn_watchers(
+            serving.reloader.clone(),
+            poll,
+            hangup,
+        ));
+        slot.stamp = Some(stamp(&serving.dir, &serving.manifest));
+        slot.state = ModelState::Ready(serving);
+    }
+
+    /// Loads `name` again from its folder (a changed manifest or encoder) and swaps it in: the
+    /// old one serves until the new one is ready, then finishes its admitted requests and is
+    /// freed. A new version that fails to load leaves the old one serving.
+    pub async fn reload(&self, name: &str) -> Result<(), RepositoryError> {
+        let _serial = self.changes.lock().await;
+        let dir = match self
+            .models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            Some(Slot {
+                dir,
+                state: ModelState::Ready(_),
+                ..
+            }) => dir.clone(),
+            _ => {
+                return Err(RepositoryError::NotLoaded(format!(
+                    "model {name:?} is not loaded"
+                )))
+            }
+        };
+        let (config, metrics, load_dir) = (self.config.clone(), self.metrics.clone(), dir.clone());
+        let loaded =
+            tokio::task::spawn_blocking(move || serving::load(&config, &load_dir, metrics))
+                .await
+                .map_err(|e| anyhow::anyhow!("model loading panicked: {e}"))
+                .and_then(|r| r);
+        let fresh = match loaded {
+            Ok(serving) if serving.manifest.name == name => Arc::new(serving),
+            Ok(serving) => {
+                return Err(RepositoryError::Refused(format!(
+                    "its manifest now names it {:?}; the old version keeps serving",
+                    serving.manifest.name
+                )))
+            }
+            Err(e) => {
+                tracing::error!(
+                    "model {name:?} could not be reloaded, the old version keeps serving: {e:#}"
+                );
+                return Err(RepositoryError::Refused(format!("{e:#}")));
+            }
+        };
+        let (old, old_watchers) = {
+            let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+            let slot = models
+                .get_mut(name)
+                .expect("slots are removed only under the lock");
+            let old_watchers = slot.watchers.take();
+            let old = std::mem::replace(&mut slot.state, ModelState::Loading);
+            self.serve(slot, fresh);
+            (old, old_watchers)
+        };
+        drop(old_watchers);
+        if let ModelState::Ready(old) = old {
+            // Its series are the new version's too: they stay.
+            self.retire(name, old, false).await;
+        }
+        tracing::info!("model {name:?} reloaded from {}", dir.display());
+        Ok(())
+    }
+
+    /// One look at the repository (Triton's POLL mode): loads the model folders that appeared,
+    /// reloads those whose manifest or encoder changed, and unloads those that disappeared. The
+    /// default model is reloaded when it changes, never unloaded.
+    pub async fn poll_once(&self) {
+        let found = scan(&self.config.model_repository);
+        let default = self.default_name();
+        let (mut load, mut reload, mut unload) = (Vec::new(), Vec::new(), Vec::new());
+        {
+            let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+            for (name, dir) in &found {
+                let Some(slot) = models.get(name) else {
+                    load.push(name.clone());
+                    continue;
+                };
+                if !same_dir(&slot.dir, dir) {
+                    continue;
+                }
+                match &slot.state {
+                    ModelState::Ready(s)
+                        if slot.stamp.as_ref() != Some(&stamp(dir, &s.manifest)) =>
+                    {
+                        reload.push(name.clone())
+                    }
+                    ModelState::Unavailable(reason) if reason == NOT_LOADED => {
+                        load.push(name.clone())
+                    }
+                    _ => {}
+                }
+            }
+            for (name, slot) in models.iter() {
+                let gone = !found.iter().any(|(_, dir)| same_dir(dir, &slot.dir));
+                let ready = matches!(slot.state, ModelState::Ready(_));
+                if gone && ready && default.as_deref() != Some(name.as_str()) {
+                    unload.push(name.clone());
+                }
+            }
+        }
+        for name in load {
+            if let Err(e) = self.load(&name).await {
+                tracing::warn!("repository poll: {e}");
+            }
+        }
+        for name in reload {
+            let _ = self.reload(&name).await;
+        }
+        for name in unload {
+            tracing::info!("repository poll: the folder of model {name:?} is gone; unloading it");
+            let _ = self.unload(&name).await;
         }
     }
 
@@ -281,28 +405,38 @@ impl Repository {
             }
         };
         drop(watchers);
+        self.retire(name, serving, true).await;
+        tracing::info!("model {name:?} unloaded");
+        Ok(())
+    }
+
+    /// Frees a model taken out of service: waits for its admitted requests (they hold the other
+    /// references) up to `shutdown_timeout_ms`, joins its inference thread, removes its metric
+    /// series when `forget_series`, and hands the memory back.
+    async fn retire(&self, name: &str, serving: Arc<Serving>, forget_series: bool) {
         let grace = Duration::from_millis(self.config.shutdown_timeout_ms);
         let started = Instant::now();
-        // Requests in flight hold the other references; the model is freed after the last.
         while Arc::strong_count(&serving) > 1 && started.elapsed() < grace {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if Arc::strong_count(&serving) > 1 {
             tracing::warn!(
-                "model {name:?} unloaded with requests still holding it after {} ms; it is freed after them",
+                "model {name:?} retired with requests still holding it after {} ms; it is freed after them",
                 grace.as_millis()
             );
         }
-        tokio::task::spawn_blocking(move || {
+        let retired = tokio::task::spawn_blocking(move || {
             serving.infer.shutdown();
-            serving.metrics.forget();
+            if forget_series {
+                serving.metrics.forget();
+            }
             drop(serving);
             release_freed_memory();
         })
-        .await
-        .map_err(|e| RepositoryError::Refused(format!("unloading failed: {e}")))?;
-        tracing::info!("model {name:?} unloaded");
-        Ok(())
+        .await;
+        if let Err(e) = retired {
+            tracing::error!("freeing model {name:?} failed: {e}");
+        }
     }
 
     /// Joins the inference threads of every loaded model (at shutdown, after the last request).
@@ -351,7 +485,7 @@ impl Repository {
             let taken = models.get(&name).map(|slot| slot.dir.clone());
             match taken {
                 None => {
-                    models.insert(name, unloaded(dir, "not loaded"));
+                    models.insert(name, unloaded(dir, NOT_LOADED));
                 }
                 Some(other) if !same_dir(&other, &dir) => {
                     tracing::debug!(
@@ -385,6 +519,7 @@ fn release_freed_memory() {
 fn unloaded(dir: PathBuf, reason: &str) -> Slot {
     Slot {
         dir,
+        stamp: None,
         state: ModelState::Unavailable(reason.into()),
         watchers: None,
     }
@@ -413,6 +548,23 @@ fn scan(root: &Path) -> Vec<(String, PathBuf)> {
         .collect();
     found.sort();
     found
+}
+
+/// What tells a model folder changed: the size and modification time of its manifest and of
+/// the encoder it serves (the prototypes have their own hot reload).
+#[derive(Clone, Debug, PartialEq)]
+struct Stamp(Vec<Option<(u64, std::time::SystemTime)>>);
+
+fn stamp(dir: &Path, manifest: &ModelManifest) -> Stamp {
+    let of = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+    };
+    Stamp(vec![
+        of(&dir.join("model.toml")),
+        of(&manifest.encoder_path),
+    ])
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {

@@ -245,3 +245,75 @@ fn other_models_serve_through_loads_and_unloads() {
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert!(answered.load(Ordering::Relaxed) > 0);
 }
+
+/// With `repository_poll_ms`: a model folder that appears is loaded, a changed manifest is
+/// reloaded while requests go on, a removed folder is unloaded and leaves the index.
+#[test]
+fn the_poll_follows_the_folders() {
+    let root = tempfile::tempdir().unwrap();
+    repository(root.path());
+    std::fs::remove_dir_all(root.path().join("copy")).unwrap();
+    let server = Server::start(&[
+        "--model-dir",
+        root.path().join("default").to_str().unwrap(),
+        "--model-repository",
+        root.path().to_str().unwrap(),
+        "--repository-poll-ms",
+        "100",
+        "--reload-poll-ms",
+        "0",
+    ]);
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let state_of = |name: &str| {
+        states(&server)
+            .into_iter()
+            .find(|m| m.0 == name)
+            .map(|m| m.1)
+            .unwrap_or_default()
+    };
+
+    // A folder appears (written elsewhere, then moved in whole, as deployment tools do).
+    let staging = tempfile::tempdir().unwrap();
+    repository(staging.path());
+    std::fs::rename(staging.path().join("copy"), root.path().join("copy")).unwrap();
+    wait_for("the new model loads", &|| state_of(COPY) == "READY");
+    let (status, before) = classify(&server, Some(COPY));
+    assert_eq!(status, 200);
+
+    // Its manifest changes: reloaded, and it answers all along.
+    let manifest = root.path().join("copy/model.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}\n# edited\n")).unwrap();
+    let reloaded = || {
+        server
+            .logs()
+            .contains(&format!("model \"{COPY}\" reloaded"))
+    };
+    while !reloaded() {
+        let (status, answer) = classify(&server, Some(COPY));
+        assert_eq!(status, 200, "during the reload: {answer}");
+        assert_eq!(answer["posterior"], before["posterior"]);
+    }
+    assert_eq!(classify(&server, Some(COPY)).0, 200);
+
+    // Its folder is removed: unloaded, and gone from the index.
+    std::fs::remove_dir_all(root.path().join("copy")).unwrap();
+    wait_for("the removed model leaves the index", &|| {
+        state_of(COPY).is_empty()
+    });
+    let (status, body) = classify(&server, Some(COPY));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    assert_eq!(classify(&server, None).0, 200);
+}
