@@ -65,18 +65,40 @@ def server_binary() -> Path:
     return target / "debug/proco-serve"
 
 
+SECOND = "page-second"  # a second model, loaded at start, for the model picker
+
+
+def second_model_repository() -> Path:
+    """A repository holding a renamed copy of the bundled model (the default model stays
+    models/cifar10-lt)."""
+    root = Path(tempfile.mkdtemp(prefix="proco-page-repo-"))
+    target = root / "second"
+    target.mkdir()
+    for f in (ROOT / "models/cifar10-lt").iterdir():
+        if f.is_file():
+            shutil.copy(f, target / f.name)
+    manifest = (target / "model.toml").read_text()
+    (target / "model.toml").write_text(manifest.replace('name = "cifar10-lt-proco-resnet32"', f'name = "{SECOND}"', 1))
+    doc = json.loads((target / "prototypes.json").read_text())
+    doc["model"] = SECOND
+    (target / "prototypes.json").write_text(json.dumps(doc))
+    return root
+
+
 class Server:
     """The real binary on 127.0.0.1:0 (gRPC off), its log kept; stopped with SIGTERM at the end."""
 
     def __init__(self):
         binary = server_binary()
+        self.repository = second_model_repository()
         if not binary.exists():
             pytest.fail(f"no server binary at {binary}: build it first (cargo build)")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROCO_")}
         self.proc = subprocess.Popen(
             [str(binary), "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--drain-delay-ms", "0",
              # The adaptive prior leaves the training prior after the 40 warm-up images.
-             "--adaptive-min-samples", "32", "--adaptive-refresh-every", "8"],
+             "--adaptive-min-samples", "32", "--adaptive-refresh-every", "8",
+             "--model-repository", str(self.repository), "--load-models", "all"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.log: list[str] = []
         first = self.proc.stdout.readline()
@@ -114,6 +136,7 @@ class Server:
                 self.proc.wait()
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "server.log").write_text("".join(self.log))
+        shutil.rmtree(self.repository, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -447,6 +470,27 @@ def test_an_error_is_shown_in_words(page, tmp_path):
     assert err.is_displayed()
     assert "invalid_image" in err.text and "422" in err.text, err.text
     assert "truncated" in err.text, err.text
+
+
+def test_the_model_picker(server, page, browser):
+    """The picker lists the ready models; picking one sends the page's requests to its routes."""
+    d = page
+    pick = Select(d.find_element(By.ID, "model-pick"))
+    wait(d, lambda d: len(Select(d.find_element(By.ID, "model-pick")).options) == 2, "the picker never listed 2 models")
+    assert [o.get_attribute("value") for o in pick.options] == ["", SECOND]
+    pick.select_by_value(SECOND)
+    wait(d, lambda d: text(d, "model-name") == SECOND, "the header never named the picked model")
+    n = int(attr(d, "result", "data-answers") or 0)
+    d.find_element(By.ID, "file").send_keys(str(FIXTURE))
+    d.find_element(By.ID, "submit").click()
+    wait(d, lambda d: int(attr(d, "result", "data-answers") or 0) == n + 1, "the picked model never answered")
+    assert attr(d, "result", "data-state") == "done", text(d, "error")
+    browser.drain_logs()
+    paths = {urllib.parse.urlsplit(r["url"]).path for r in browser.requests if r["url"].startswith("http")}
+    assert f"/v1/models/{SECOND}/classify" in paths, paths
+    assert f"/v1/models/{SECOND}/monitoring" in paths, paths
+    pick.select_by_value("")
+    wait(d, lambda d: text(d, "model-name") == "cifar10-lt-proco-resnet32", "the default model never came back")
 
 
 def test_no_request_left_loopback(page, browser, server):
