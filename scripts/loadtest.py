@@ -270,7 +270,8 @@ def worker(level, idx, host, port, timeout, path, images, warm_end, out):
 
 def run_level(clients, args, host, port, images, server_pid):
     level = Level(clients, args.seconds, args.max_requests, args.warmup, server_pid)
-    path = "/v1/classify" + (("?" + args.query) if args.query else "")
+    base = f"/v1/models/{args.model}/classify" if args.model else "/v1/classify"
+    path = base + (("?" + args.query) if args.query else "")
     outs = [[] for _ in range(clients)]
     warm_end = time.perf_counter() + args.warmup
     threads = [
@@ -497,6 +498,7 @@ def main():
     ap.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds before each level")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-request socket timeout, s")
     ap.add_argument("--query", default="", help="query string for /v1/classify, e.g. rule=vmf")
+    ap.add_argument("--model", default="", help="classify with this model of the repository (/v1/models/NAME/classify); default: the default model")
     ap.add_argument("--fixtures", default=DEFAULT_FIXTURES)
     ap.add_argument("--baseline", action="append", default=[],
                     help="scripts/ort_baseline.py JSON to compute ratios against (repeatable)")
@@ -552,6 +554,7 @@ def main():
             "images": len(images),
             "fixtures": args.fixtures,
             "query": args.query,
+            "model": args.model,
             "warmup_s": args.warmup,
             "seconds_per_level": args.seconds,
             "max_requests": args.max_requests,

@@ -96,18 +96,7 @@ pub fn load(config: &Config, model_dir: &Path, metrics: Arc<Metrics>) -> anyhow:
             .with_context(|| format!("cannot use {}", manifest.prototypes_path.display()))?,
     );
     let snapshot = store.snapshot();
-    match &provider.fallback_reason {
-        Some(reason) => tracing::warn!(
-            "serving model {} on CPU: CUDA not available ({reason})",
-            manifest.name
-        ),
-        None => tracing::info!(
-            "serving model {} on {} (requested: {})",
-            manifest.name,
-            provider.active.to_uppercase(),
-            provider.requested
-        ),
-    }
+    log_provider(&provider, &manifest.name);
     tracing::info!(
         "prototypes version {} ({} classes, feature dim {}), default rule {}",
         snapshot.version,
@@ -193,6 +182,22 @@ fn start_inference(
         queue_capacity: config.queue_capacity,
     });
     Ok((engine, infer))
+}
+
+/// Which provider runs the model, in words (a CUDA request that fell back is a warning).
+fn log_provider(provider: &ProviderReport, model: &str) {
+    match &provider.fallback_reason {
+        Some(reason) => tracing::warn!(
+            "serving model {} on CPU: CUDA not available ({reason})",
+            model
+        ),
+        None => tracing::info!(
+            "serving model {} on {} (requested: {})",
+            model,
+            provider.active.to_uppercase(),
+            provider.requested
+        ),
+    }
 }
 
 /// The `_info` gauges and the adaptive prior's starting point (the training prior).

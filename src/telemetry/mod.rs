@@ -5,11 +5,17 @@
 
 use std::sync::Arc;
 
-use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+mod logging;
+mod model;
+
+pub use logging::{init_logging, AccessLogFormat};
+use model::label;
+pub use model::{Labelled, ModelMetrics};
 
 /// Every metric of the process. The families about a model carry a `model` label first; a
 /// loaded model writes them through its [`ModelMetrics`], and its series go when it is unloaded.
@@ -22,153 +28,37 @@ pub struct Metrics {
     pub panics: IntCounter,
     pub open_connections: IntGauge,
     pub connections_refused: IntCounter,
-    per_model: PerModel,
+    pub(crate) per_model: PerModel,
 }
 
 /// The families with a `model` label.
-struct PerModel {
-    queue_duration: HistogramVec,
-    decode_duration: HistogramVec,
-    inference_duration: HistogramVec,
-    posterior_duration: HistogramVec,
-    batch_size: HistogramVec,
-    queue_depth: IntGaugeVec,
-    predictions: IntCounterVec,
-    adaptive_prior: GaugeVec,
-    adaptive_samples: GaugeVec,
-    prototype_reloads: IntCounterVec,
-    prototypes_info: GaugeVec,
-    execution_provider_info: GaugeVec,
-    model_info: GaugeVec,
-    batch_failures: IntCounterVec,
-    examples_learned: IntCounterVec,
-    classes: IntGaugeVec,
-    prototype_versions_written: IntCounterVec,
-    prototype_rollbacks: IntCounterVec,
-    prototype_version_mismatches: IntCounterVec,
-    abstention_decisions: IntCounterVec,
-    prediction_set_size: HistogramVec,
-    prior_drift_total_variation: GaugeVec,
-    prior_drift_kl: GaugeVec,
-    feedback: IntCounterVec,
-    feedback_labelled: GaugeVec,
-    feedback_metrics: GaugeVec,
-}
-
-/// One family of one model: its series are the family's with that `model` label.
-pub struct Labelled<V> {
-    vec: V,
-    model: String,
-}
-
-impl<T: MetricVecBuilder> Labelled<MetricVec<T>> {
-    /// The series of these label values (after `model`).
-    pub fn with_label_values(&self, values: &[&str]) -> T::M {
-        let mut all = Vec::with_capacity(values.len() + 1);
-        all.push(self.model.as_str());
-        all.extend_from_slice(values);
-        self.vec.with_label_values(&all)
-    }
-
-    pub fn remove_label_values(&self, values: &[&str]) {
-        let mut all = vec![self.model.as_str()];
-        all.extend_from_slice(values);
-        let _ = self.vec.remove_label_values(&all);
-    }
-
-    /// Removes every series of this model in the family.
-    pub fn reset(&self) {
-        forget(&self.vec, &self.model);
-    }
-}
-
-/// Removes the series of `model` from a family.
-fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, model: &str) {
-    for family in vec.collect() {
-        for metric in family.get_metric() {
-            let labels: std::collections::HashMap<&str, &str> = metric
-                .get_label()
-                .iter()
-                .map(|l| (l.name(), l.value()))
-                .collect();
-            if labels.get("model") == Some(&model) {
-                let _ = vec.remove(&labels);
-            }
-        }
-    }
-}
-
-/// What one loaded model writes: the same names as the families, its `model` label applied.
-pub struct ModelMetrics {
-    pub model: String,
-    pub queue_duration: Histogram,
-    pub decode_duration: Histogram,
-    pub inference_duration: Histogram,
-    pub posterior_duration: Histogram,
-    pub batch_size: Histogram,
-    pub queue_depth: IntGauge,
-    pub adaptive_samples: Gauge,
-    pub batch_failures: IntCounter,
-    pub classes: IntGauge,
-    pub prototype_versions_written: IntCounter,
-    pub prototype_rollbacks: IntCounter,
-    pub prototype_version_mismatches: IntCounter,
-    pub prior_drift_total_variation: Gauge,
-    pub prior_drift_kl: Gauge,
-    pub feedback_labelled: Gauge,
-    pub predictions: Labelled<IntCounterVec>,
-    pub adaptive_prior: Labelled<GaugeVec>,
-    pub prototype_reloads: Labelled<IntCounterVec>,
-    pub prototypes_info: Labelled<GaugeVec>,
-    pub execution_provider_info: Labelled<GaugeVec>,
-    pub model_info: Labelled<GaugeVec>,
-    pub examples_learned: Labelled<IntCounterVec>,
-    pub abstention_decisions: Labelled<IntCounterVec>,
-    pub prediction_set_size: Labelled<HistogramVec>,
-    pub feedback: Labelled<IntCounterVec>,
-    pub feedback_metrics: Labelled<GaugeVec>,
-    all: Arc<Metrics>,
-}
-
-impl ModelMetrics {
-    /// Replaces the `proco_prototypes_info` series: only the served version is present.
-    pub fn set_prototypes_version(&self, previous: Option<&str>, current: &str) {
-        if let Some(prev) = previous {
-            self.prototypes_info.remove_label_values(&[prev]);
-        }
-        self.prototypes_info.with_label_values(&[current]).set(1.0);
-    }
-
-    /// Removes every series of this model (it was unloaded).
-    pub fn forget(&self) {
-        let m = &self.all.per_model;
-        forget(&m.queue_duration, &self.model);
-        forget(&m.decode_duration, &self.model);
-        forget(&m.inference_duration, &self.model);
-        forget(&m.posterior_duration, &self.model);
-        forget(&m.batch_size, &self.model);
-        forget(&m.queue_depth, &self.model);
-        forget(&m.predictions, &self.model);
-        forget(&m.adaptive_prior, &self.model);
-        forget(&m.adaptive_samples, &self.model);
-        forget(&m.prototype_reloads, &self.model);
-        forget(&m.prototypes_info, &self.model);
-        forget(&m.execution_provider_info, &self.model);
-        forget(&m.model_info, &self.model);
-        forget(&m.batch_failures, &self.model);
-        forget(&m.examples_learned, &self.model);
-        forget(&m.classes, &self.model);
-        forget(&m.prototype_versions_written, &self.model);
-        forget(&m.prototype_rollbacks, &self.model);
-        forget(&m.prototype_version_mismatches, &self.model);
-        forget(&m.abstention_decisions, &self.model);
-        forget(&m.prediction_set_size, &self.model);
-        forget(&m.prior_drift_total_variation, &self.model);
-        forget(&m.prior_drift_kl, &self.model);
-        forget(&m.feedback, &self.model);
-        forget(&m.feedback_labelled, &self.model);
-        forget(&m.feedback_metrics, &self.model);
-    }
+pub(crate) struct PerModel {
+    pub(crate) queue_duration: HistogramVec,
+    pub(crate) decode_duration: HistogramVec,
+    pub(crate) inference_duration: HistogramVec,
+    pub(crate) posterior_duration: HistogramVec,
+    pub(crate) batch_size: HistogramVec,
+    pub(crate) queue_depth: IntGaugeVec,
+    pub(crate) predictions: IntCounterVec,
+    pub(crate) adaptive_prior: GaugeVec,
+    pub(crate) adaptive_samples: GaugeVec,
+    pub(crate) prototype_reloads: IntCounterVec,
+    pub(crate) prototypes_info: GaugeVec,
+    pub(crate) execution_provider_info: GaugeVec,
+    pub(crate) model_info: GaugeVec,
+    pub(crate) batch_failures: IntCounterVec,
+    pub(crate) examples_learned: IntCounterVec,
+    pub(crate) classes: IntGaugeVec,
+    pub(crate) prototype_versions_written: IntCounterVec,
+    pub(crate) prototype_rollbacks: IntCounterVec,
+    pub(crate) prototype_version_mismatches: IntCounterVec,
+    pub(crate) abstention_decisions: IntCounterVec,
+    pub(crate) prediction_set_size: HistogramVec,
+    pub(crate) prior_drift_total_variation: GaugeVec,
+    pub(crate) prior_drift_kl: GaugeVec,
+    pub(crate) feedback: IntCounterVec,
+    pub(crate) feedback_labelled: GaugeVec,
+    pub(crate) feedback_metrics: GaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -434,69 +324,4 @@ impl Metrics {
             .expect("text encoding of metrics cannot fail");
         String::from_utf8(buf).expect("metrics are UTF-8")
     }
-}
-
-fn label<T: MetricVecBuilder>(vec: &MetricVec<T>, model: &str) -> Labelled<MetricVec<T>> {
-    Labelled {
-        vec: vec.clone(),
-        model: model.to_string(),
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// How access lines are written (`access_log`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccessLogFormat {
-    Text,
-    Json,
-    Off,
-}
-
-impl std::str::FromStr for AccessLogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(AccessLogFormat::Text),
-            "json" => Ok(AccessLogFormat::Json),
-            "off" => Ok(AccessLogFormat::Off),
-            other => Err(format!(
-                "unknown access log format {other:?}: expected text, json or off"
-            )),
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for AccessLogFormat {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// Installs the log subscriber: human-readable lines on stderr, filtered by `level`
-/// (`RUST_LOG` wins when set). stdout stays free for the "listening on" line.
-///
-/// A plain level (`info`, `debug`...) keeps ONNX Runtime's own chatter (dozens of lines
-/// per session) at `warn`; give a full directive (e.g. `debug,ort=info`) to see it.
-pub fn init_logging(level: &str) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let directive = match level {
-        "error" | "warn" | "info" | "debug" | "trace" => format!("{level},ort=warn"),
-        other => other.to_string(),
-    };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&directive))
-        .unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }
