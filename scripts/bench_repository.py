@@ -10,7 +10,9 @@ in --rounds interleaved rounds with scripts/loadtest.py:
 
 Prints one table per measure with each round and the median ratio, and writes --json.
 Standard library only.
+--report OUT_DIR/summary.json prints the tables of a saved run.
 Usage: python3 scripts/bench_repository.py OUT_DIR [--binary B] [--rounds 3] [--clients 16]
+       [--server-arg=--intra-threads=1 ...]
 """
 import argparse
 import json
@@ -63,12 +65,17 @@ def req_per_s(path):
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        summary = json.loads(Path(sys.argv[2]).read_text())
+        return report(summary["rounds"], summary["clients"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
     ap.add_argument("--binary", default="target/release/proco-serve")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="an extra argument for the server, e.g. --server-arg=--intra-threads=1")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +83,8 @@ def main():
     make_repository(root)
     server = subprocess.Popen(
         [args.binary, "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--access-log", "off",
-         "--model-repository", str(root), "--admin-token", TOKEN, "--reload-poll-ms", "0"],
+         "--model-repository", str(root), "--admin-token", TOKEN, "--reload-poll-ms", "0",
+         *args.server_arg],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     rows = []
     try:
@@ -110,7 +118,13 @@ def main():
         server.terminate()
         server.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
-    print(f"\n| round | one model, {args.clients} clients (req/s) | two models, {half} + {half} clients (req/s, sum) | two / one |")
+    (out / "summary.json").write_text(json.dumps({"clients": args.clients, "rounds": rows}, indent=1))
+    report(rows, args.clients)
+
+
+def report(rows, clients):
+    half = clients // 2
+    print(f"\n| round | one model, {clients} clients (req/s) | two models, {half} + {half} clients (req/s, sum) | two / one |")
     print("|---|---|---|---|")
     for row in rows:
         two = row["two_default"] + row["two_copy"]
@@ -121,7 +135,6 @@ def main():
     for row in rows:
         print(f"| {row['round']} | {row['default_route']:.1f} | {row['named_route']:.1f} | {row['named_route'] / row['default_route']:.3f} |")
     print(f"\nmedian named / default: {statistics.median(r['named_route'] / r['default_route'] for r in rows):.3f}")
-    (out / "summary.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
