@@ -7,7 +7,9 @@
 //! than `max_queue_delay` (so under load it never waits, and an idle server adds at most that
 //! delay).
 //!
-//! Admission is a semaphore with `queue_capacity` permits, one per admitted image, taken
+//! Admission is a semaphore with `queue_capacity` permits, one per admitted image (one semaphore
+//! for the whole process, shared by every model's batcher, so that the models together hold at
+//! most that many images in memory), taken
 //! with `try_acquire` before the image is even decoded, so a full server answers at once
 //! (503 + Retry-After) instead of piling up latency. A request's permits are released only
 //! when no work of it is left: its decodes have finished and its job has been answered or
@@ -125,7 +127,8 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the thread that owns `encoder`, whose input is `[N, 3, height, width]`.
+    /// Starts the thread that owns `encoder`, whose input is `[N, 3, height, width]`; requests
+    /// are admitted against `admission` (the process's, shared by every model).
     pub fn spawn(
         encoder: impl Encode,
         input_size: (usize, usize),
@@ -133,6 +136,7 @@ impl Batcher {
         engine: Arc<Engine>,
         metrics: Arc<ModelMetrics>,
         config: BatchConfig,
+        admission: Arc<Semaphore>,
     ) -> std::io::Result<Batcher> {
         let (tx, rx) = mpsc::channel::<Job>();
         let health = Arc::new(Health::default());
@@ -149,7 +153,7 @@ impl Batcher {
         Ok(Batcher {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            permits: Arc::new(Semaphore::new(config.queue_capacity)),
+            permits: admission,
             metrics,
             health,
             input_len: 3 * input_size.0 * input_size.1,

@@ -96,7 +96,7 @@ settings! {
     max_batch_size: usize = 64, env "PROCO_MAX_BATCH_SIZE";
     /// Longest a queued image waits for others to join its batch, in ms (0: never wait)
     max_queue_delay_ms: u64 = 0, env "PROCO_MAX_QUEUE_DELAY_MS";
-    /// Images admitted and not yet answered (decoding, queued or in the encoder); beyond this, requests get 503 + Retry-After
+    /// Images admitted and not yet answered (decoding, queued or in the encoder), all models together; beyond this, requests get 503 + Retry-After
     queue_capacity: usize = 256, env "PROCO_QUEUE_CAPACITY";
     /// Largest accepted request body, in bytes
     max_body_bytes: usize = 8 * 1024 * 1024, env "PROCO_MAX_BODY_BYTES";

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use anyhow::Context;
 
 use crate::batcher::{BatchConfig, Batcher, Readiness};
@@ -58,7 +60,12 @@ impl Serving {
 
 /// Loads the manifest, the encoder (with warm-up), the prototypes, and starts the batcher.
 /// Blocking: call from a blocking thread.
-pub fn load(config: &Config, model_dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Serving> {
+pub fn load(
+    config: &Config,
+    model_dir: &Path,
+    metrics: Arc<Metrics>,
+    admission: Arc<Semaphore>,
+) -> anyhow::Result<Serving> {
     let manifest = Arc::new(ModelManifest::load_variant(
         model_dir,
         config.encoder_variant,
@@ -108,7 +115,7 @@ pub fn load(config: &Config, model_dir: &Path, metrics: Arc<Metrics>) -> anyhow:
     let metrics = Arc::new(metrics.model(&manifest.name));
     publish_model_metrics(&metrics, &provider, &manifest, &shape, &snapshot);
 
-    let (engine, infer) = start_inference(config, &manifest, encoder, &store, &metrics)?;
+    let (engine, infer) = start_inference(config, &manifest, encoder, &store, &metrics, admission)?;
     Ok(Serving {
         dir: model_dir.to_path_buf(),
         feedback: FeedbackStore::new(config.feedback_capacity, config.feedback_window),
@@ -137,6 +144,7 @@ fn start_inference(
     encoder: Encoder,
     store: &Arc<PrototypeStore>,
     metrics: &Arc<ModelMetrics>,
+    admission: Arc<Semaphore>,
 ) -> anyhow::Result<(Arc<Engine>, Infer)> {
     let engine = Arc::new(
         Engine::new(
@@ -167,6 +175,7 @@ fn start_inference(
             max_queue_delay: Duration::from_millis(config.max_queue_delay_ms),
             queue_capacity: config.queue_capacity,
         },
+        admission,
     )?;
     let infer = Infer::new(Parts {
         batcher,

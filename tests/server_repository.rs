@@ -317,3 +317,44 @@ fn the_poll_follows_the_folders() {
     );
     assert_eq!(classify(&server, None).0, 200);
 }
+
+/// One admission limit for the process: with room for one image, a request to the copy that
+/// waits in its batcher leaves none for the default model, which answers 503 at once.
+#[test]
+fn one_admission_limit_for_all_models() {
+    let root = tempfile::tempdir().unwrap();
+    repository(root.path());
+    let server = Arc::new(Server::start(&[
+        "--model-dir",
+        root.path().join("default").to_str().unwrap(),
+        "--model-repository",
+        root.path().to_str().unwrap(),
+        "--load-models",
+        COPY,
+        "--queue-capacity",
+        "1",
+        "--max-images-per-request",
+        "1",
+        "--max-queue-delay-ms",
+        "1500",
+        "--reload-poll-ms",
+        "0",
+    ]));
+    let waiting = {
+        let server = server.clone();
+        std::thread::spawn(move || classify(&server, Some(COPY)).0)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (status, body) = classify(&server, None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("queue_full")),
+        "{body}"
+    );
+    assert_eq!(waiting.join().unwrap(), 200);
+    assert_eq!(
+        classify(&server, None).0,
+        200,
+        "room again once the copy answered"
+    );
+}

@@ -93,6 +93,7 @@ fn harness(script: &[Step], gated: bool, max_batch_size: usize, queue_capacity: 
             max_queue_delay: Duration::ZERO,
             queue_capacity,
         },
+        Arc::new(tokio::sync::Semaphore::new(queue_capacity)),
     )
     .unwrap();
     Harness {

@@ -90,6 +90,8 @@ struct Slot {
 pub struct Repository {
     config: Config,
     metrics: Arc<Metrics>,
+    /// The process's admission: `queue_capacity` images in flight, all models together.
+    admission: Arc<tokio::sync::Semaphore>,
     /// The default model's name, once its manifest has been read.
     default: RwLock<Option<String>>,
     models: RwLock<BTreeMap<String, Slot>>,
@@ -100,6 +102,7 @@ pub struct Repository {
 impl Repository {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Self {
         Repository {
+            admission: Arc::new(tokio::sync::Semaphore::new(config.queue_capacity)),
             config,
             metrics,
             default: RwLock::new(None),
@@ -219,12 +222,7 @@ impl Repository {
         };
         tracing::info!("loading model {name:?} from {}", dir.display());
         let started = Instant::now();
-        let (config, metrics, load_dir) = (self.config.clone(), self.metrics.clone(), dir.clone());
-        let loaded =
-            tokio::task::spawn_blocking(move || serving::load(&config, &load_dir, metrics))
-                .await
-                .map_err(|e| anyhow::anyhow!("model loading panicked: {e}"))
-                .and_then(|r| r);
+        let loaded = self.load_from(&dir).await;
         let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
         let slot = models
             .get_mut(name)
@@ -269,6 +267,20 @@ impl Repository {
         ));
         slot.stamp = Some(stamp(&serving.dir, &serving.manifest));
         slot.state = ModelState::Ready(serving);
+    }
+
+    /// Loads a model folder on a blocking thread (the others keep serving meanwhile).
+    async fn load_from(&self, dir: &Path) -> anyhow::Result<Serving> {
+        let (config, metrics, admission) = (
+            self.config.clone(),
+            self.metrics.clone(),
+            self.admission.clone(),
+        );
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || serving::load(&config, &dir, metrics, admission))
+            .await
+            .map_err(|e| anyhow::anyhow!("model loading panicked: {e}"))
+            .and_then(|r| r)
     }
 
     /// Takes `name` out of service at once, then frees it once its admitted requests are

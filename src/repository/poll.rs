@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use super::{same_dir, scan, ModelState, Repository, RepositoryError, Slot, NOT_LOADED};
 use crate::manifest::ModelManifest;
-use crate::serving;
 
 impl Repository {
     /// Loads `name` again from its folder (a changed manifest or encoder) and swaps it in: the
@@ -31,12 +30,7 @@ impl Repository {
                 )))
             }
         };
-        let (config, metrics, load_dir) = (self.config.clone(), self.metrics.clone(), dir.clone());
-        let loaded =
-            tokio::task::spawn_blocking(move || serving::load(&config, &load_dir, metrics))
-                .await
-                .map_err(|e| anyhow::anyhow!("model loading panicked: {e}"))
-                .and_then(|r| r);
+        let loaded = self.load_from(&dir).await;
         let fresh = match loaded {
             Ok(serving) if serving.manifest.name == name => Arc::new(serving),
             Ok(serving) => {
