@@ -87,11 +87,14 @@ impl AppState {
         }
     }
 
-    /// The default model if it can answer requests now; also sets `proco_ready`.
+    /// The default model if it can answer requests now (and the models `load_models` asks for
+    /// have loaded or failed); also sets `proco_ready`.
     pub fn readiness(&self) -> Result<Arc<Serving>, NotReady> {
         let draining = self.draining.load(std::sync::atomic::Ordering::Acquire);
         let verdict = match self.serving() {
             _ if draining => Err(NotReady::Draining),
+            // Ready once every model asked for at start has loaded (or failed), not before.
+            _ if !self.models.started() => Err(NotReady::Loading),
             None => Err(NotReady::Loading),
             Some(s) => match s.readiness() {
                 Readiness::Ready => Ok(s),

@@ -358,3 +358,33 @@ fn one_admission_limit_for_all_models() {
         "room again once the copy answered"
     );
 }
+
+/// The shipped repository (`models/`): the ProCo model and its LA and CE baselines all load,
+/// and each answers with its own classifier (`rule=linear`).
+#[test]
+fn the_shipped_repository_loads() {
+    let server = Server::start(&["--load-models", "all", "--reload-poll-ms", "0"]);
+    let index = states(&server);
+    for name in [DEFAULT, "cifar10-lt-la", "cifar10-lt-ce"] {
+        let state = index.iter().find(|m| m.0 == name).map(|m| m.1.as_str());
+        assert_eq!(state, Some("READY"), "{name}: {index:?}");
+        let r = client()
+            .post(server.url(&format!(
+                "/v1/models/{name}/classify?rule=linear&posterior=true"
+            )))
+            .header("content-type", "image/jpeg")
+            .body(any_jpeg())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{name}");
+        let body: Value = r.json().unwrap();
+        assert_eq!(body["model"], name);
+        let total: f64 = body["posterior"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-9, "{name}: {total}");
+    }
+}

@@ -97,6 +97,8 @@ pub struct Repository {
     models: RwLock<BTreeMap<String, Slot>>,
     /// Serialises loads and unloads (never lookups).
     changes: tokio::sync::Mutex<()>,
+    /// Set once the models asked for at start have been loaded (or have failed).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Repository {
@@ -108,7 +110,13 @@ impl Repository {
             default: RwLock::new(None),
             models: RwLock::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            started: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the models asked for at start are loaded (or have failed, with their reason).
+    pub fn started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The default model, if it is ready.
@@ -198,6 +206,8 @@ impl Repository {
                 tracing::error!("model {name:?} could not be loaded: {e}; the others serve");
             }
         }
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
