@@ -34,6 +34,26 @@ fn repository(root: &Path) {
     doc["model"] = json!(COPY);
     std::fs::write(&protos, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     std::fs::write(root.join("broken/model.toml"), "name = [unclosed").unwrap();
+    // A corrupt encoder, and prototypes of another feature dimension, each under its own name.
+    for (folder, name) in [
+        ("corrupt", "corrupt-encoder"),
+        ("wrongdim", "wrong-dimension"),
+    ] {
+        std::fs::create_dir(root.join(folder)).unwrap();
+        copy_model_into(&root.join(folder));
+        let manifest = root.join(folder).join("model.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, text.replacen(DEFAULT, name, 1)).unwrap();
+        let protos = root.join(folder).join("prototypes.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&protos).unwrap()).unwrap();
+        doc["model"] = json!(name);
+        std::fs::write(&protos, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    }
+    std::fs::write(root.join("corrupt/encoder.onnx"), b"not an onnx graph").unwrap();
+    let protos = root.join("wrongdim/prototypes.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&protos).unwrap()).unwrap();
+    doc["feature_dim"] = json!(64);
+    std::fs::write(&protos, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
 }
 
 fn start(root: &Path) -> Server {
@@ -109,7 +129,7 @@ fn models_load_serve_unload_and_load_again() {
     let (status, v1) = common::get_json(&client(), &server, "/v1/models");
     assert_eq!(status, 200);
     assert_eq!(v1["default"], DEFAULT);
-    assert_eq!(v1["models"].as_array().unwrap().len(), 3, "{v1}");
+    assert_eq!(v1["models"].as_array().unwrap().len(), 5, "{v1}");
     let (status, v2) = common::get_json(&client(), &server, "/v2");
     assert_eq!(status, 200);
     assert!(
@@ -190,14 +210,23 @@ fn models_load_serve_unload_and_load_again() {
     assert_eq!(status, 200);
     assert_eq!(again["posterior"], first["posterior"]);
 
-    // A broken folder: refused with the reason, and the others serve on.
-    let (status, body) = post(&server, "/v2/repository/models/broken/load", Some(TOKEN));
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("model.toml"),
-        "{body}"
-    );
-    assert_eq!(state_of(&states(&server), "broken").1, "UNAVAILABLE");
+    // Broken folders: refused with the reason, and the others serve on.
+    for (name, reason) in [
+        ("broken", "model.toml"),
+        ("corrupt-encoder", "cannot load the encoder"),
+        ("wrong-dimension", "feature_dim"),
+    ] {
+        let path = format!("/v2/repository/models/{name}/load");
+        let (status, body) = post(&server, &path, Some(TOKEN));
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(reason),
+            "{name}: {body}"
+        );
+        let (_, state, why) = state_of(&states(&server), name);
+        assert_eq!(state, "UNAVAILABLE", "{name}");
+        assert!(why.contains(reason), "{name}: {why}");
+    }
     assert_eq!(classify(&server, None).0, 200);
     assert_eq!(classify(&server, Some(COPY)).0, 200);
 }
@@ -387,4 +416,34 @@ fn the_shipped_repository_loads() {
             .sum();
         assert!((total - 1.0).abs() < 1e-9, "{name}: {total}");
     }
+}
+
+/// Loads of one model at the same time are serialised: all succeed, the model loads once.
+#[test]
+fn concurrent_loads_load_once() {
+    let root = tempfile::tempdir().unwrap();
+    repository(root.path());
+    let server = Arc::new(start(root.path()));
+    let loads: Vec<_> = (0..4)
+        .map(|_| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                post(
+                    &server,
+                    &format!("/v2/repository/models/{COPY}/load"),
+                    Some(TOKEN),
+                )
+                .0
+            })
+        })
+        .collect();
+    for load in loads {
+        assert_eq!(load.join().unwrap(), 200);
+    }
+    let loaded = server
+        .logs()
+        .matches(&format!("loading model \"{COPY}\""))
+        .count();
+    assert_eq!(loaded, 1, "{}", server.logs());
+    assert_eq!(classify(&server, Some(COPY)).0, 200);
 }
