@@ -75,6 +75,7 @@ pub fn load(
     let threads = Threads {
         intra: config.intra_threads,
         inter: config.inter_threads,
+        spin: config.ort_spinning,
     };
     let encoder = Encoder::load(&manifest, config.execution_provider, threads)
         .with_context(|| format!("cannot load the encoder of {}", model_dir.display()))?;

@@ -276,9 +276,11 @@ fn load(args: &EvalArgs) -> anyhow::Result<Setup> {
     };
     let manifest = ModelManifest::load_variant(&args.model_dir, args.encoder_variant)?;
     let protos = Prototypes::load(&manifest.prototypes_path)?;
+    // Offline, the encoder runs batch after batch: its threads may spin between them.
     let threads = Threads {
         intra: args.threads,
         inter: 0,
+        spin: true,
     };
     let encoder = Encoder::load(&manifest, args.provider, threads)?;
     if let Some(reason) = encoder.fallback_reason() {
