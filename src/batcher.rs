@@ -115,11 +115,20 @@ struct Shared {
     config: BatchConfig,
 }
 
-/// Handle to the batching thread; cheap to share.
+/// The queue's receiving end, shared by the inference threads of the encoder instances: one
+/// thread at a time holds it to collect a batch (waiting there for the first job), then lets it
+/// go and runs its batch while another collects the next. `pending` is a job that did not fit
+/// into the last batch: the next collector starts with it.
+struct Queue {
+    rx: mpsc::Receiver<Job>,
+    pending: Option<Job>,
+}
+
+/// Handle to the batching threads; cheap to share.
 pub struct Batcher {
     /// `None` once [`Batcher::shutdown`] closed the queue.
     tx: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     permits: Arc<Semaphore>,
     metrics: Arc<ModelMetrics>,
     health: Arc<Health>,
@@ -127,10 +136,11 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the thread that owns `encoder`, whose input is `[N, 3, height, width]`; requests
-    /// are admitted against `admission` (the process's, shared by every model).
-    pub fn spawn(
-        encoder: impl Encode,
+    /// Starts one inference thread per encoder instance (Triton's `instance_group`), each owning
+    /// its encoder, whose input is `[N, 3, height, width]`; they take batches from one queue.
+    /// Requests are admitted against `admission` (the process's, shared by every model).
+    pub fn spawn<E: Encode + Send + 'static>(
+        encoders: Vec<E>,
         input_size: (usize, usize),
         store: Arc<PrototypeStore>,
         engine: Arc<Engine>,
@@ -140,19 +150,27 @@ impl Batcher {
     ) -> std::io::Result<Batcher> {
         let (tx, rx) = mpsc::channel::<Job>();
         let health = Arc::new(Health::default());
-        let shared = Shared {
+        let shared = Arc::new(Shared {
             store,
             engine,
             metrics: metrics.clone(),
             health: health.clone(),
             config,
-        };
-        let thread = std::thread::Builder::new()
-            .name("proco-batcher".into())
-            .spawn(move || run(encoder, input_size, rx, shared))?;
+        });
+        let queue = Arc::new(Mutex::new(Queue { rx, pending: None }));
+        let threads = encoders
+            .into_iter()
+            .enumerate()
+            .map(|(i, encoder)| {
+                let (queue, shared) = (queue.clone(), shared.clone());
+                std::thread::Builder::new()
+                    .name(format!("proco-batcher-{i}"))
+                    .spawn(move || run(encoder, input_size, &queue, &shared))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Batcher {
             tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(threads),
             permits: admission,
             metrics,
             health,
@@ -173,15 +191,15 @@ impl Batcher {
         self.health.readiness()
     }
 
-    /// Closes the queue and waits for the inference thread to finish the jobs it has and end
-    /// (it owns the encoder, whose session is released with it). Later submissions are refused
-    /// with [`BatchError::Stopped`].
+    /// Closes the queue and waits for the inference threads to finish the jobs they have and
+    /// end (each owns its encoder, whose session is released with it). Later submissions are
+    /// refused with [`BatchError::Stopped`].
     pub fn shutdown(&self) {
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
             if thread.join().is_err() {
-                tracing::error!("the inference thread panicked");
+                tracing::error!("an inference thread panicked");
             }
         }
     }
@@ -222,12 +240,17 @@ impl Batcher {
 fn run(
     mut encoder: impl Encode,
     input_size: (usize, usize),
-    rx: mpsc::Receiver<Job>,
-    shared: Shared,
+    queue: &Mutex<Queue>,
+    shared: &Shared,
 ) {
     let _stopped = StopGuard(shared.health.clone());
-    let mut pending: Option<Job> = None;
-    while let Some(jobs) = collect(&rx, &mut pending, shared.config) {
+    loop {
+        let jobs = {
+            let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+            let Queue { rx, pending } = &mut *queue;
+            collect(rx, pending, shared.config)
+        };
+        let Some(jobs) = jobs else { break };
         let images: usize = jobs.iter().map(|j| j.work.images.len()).sum();
         shared.metrics.queue_depth.sub(images as i64);
         let (work, replies): (Vec<Work>, Vec<_>) = jobs
@@ -237,7 +260,7 @@ fn run(
         // A panic while processing must not kill the thread: its requests get an error
         // answer, and we carry on with the next batch.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            process(&mut encoder, input_size, &work, &shared)
+            process(&mut encoder, input_size, &work, shared)
         }))
         .unwrap_or_else(|panic| Err(format!("the batch panicked: {}", panic_message(&panic))));
         match &outcome {

@@ -135,6 +135,8 @@ settings! {
     intra_threads: usize = 0, env "PROCO_INTRA_THREADS";
     /// ONNX Runtime threads across operators (0: ONNX Runtime decides)
     inter_threads: usize = 0, env "PROCO_INTER_THREADS";
+    /// Encoder sessions per model, each on its own inference thread, fed by one batcher (Triton's instance_group count); each gets intra_threads threads
+    encoder_instances: usize = 1, env "PROCO_ENCODER_INSTANCES";
     /// Let ONNX Runtime's idle threads spin for work (a little lower latency under steady load) instead of sleeping (no CPU burnt between requests)
     ort_spinning: bool = true, env "PROCO_ORT_SPINNING";
     /// Most classes the prototypes may have after learning new classes from examples
@@ -189,6 +191,9 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.grpc_addr()?;
+        if self.encoder_instances == 0 {
+            bail!("encoder_instances must be at least 1");
+        }
         if self.max_batch_size == 0 {
             bail!("max_batch_size must be at least 1");
         }

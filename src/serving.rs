@@ -116,7 +116,16 @@ pub fn load(
     let metrics = Arc::new(metrics.model(&manifest.name));
     publish_model_metrics(&metrics, &provider, &manifest, &shape, &snapshot);
 
-    let (engine, infer) = start_inference(config, &manifest, encoder, &store, &metrics, admission)?;
+    // More encoder instances (Triton's instance_group): each its own session, fed by the batcher.
+    let mut encoders = vec![encoder];
+    for _ in 1..config.encoder_instances.max(1) {
+        encoders.push(
+            Encoder::load(&manifest, config.execution_provider, threads)
+                .with_context(|| format!("cannot load the encoder of {}", model_dir.display()))?,
+        );
+    }
+    let (engine, infer) =
+        start_inference(config, &manifest, encoders, &store, &metrics, admission)?;
     Ok(Serving {
         dir: model_dir.to_path_buf(),
         feedback: FeedbackStore::new(config.feedback_capacity, config.feedback_window),
@@ -138,11 +147,11 @@ pub fn load(
     })
 }
 
-/// The engine, and the batcher thread that owns the encoder, behind the front layer.
+/// The engine, and the batcher threads that own the encoder instances, behind the front layer.
 fn start_inference(
     config: &Config,
     manifest: &Arc<ModelManifest>,
-    encoder: Encoder,
+    encoders: Vec<Encoder>,
     store: &Arc<PrototypeStore>,
     metrics: &Arc<ModelMetrics>,
     admission: Arc<Semaphore>,
@@ -166,7 +175,7 @@ fn start_inference(
         manifest.input.width as usize,
     );
     let batcher = Batcher::spawn(
-        encoder,
+        encoders,
         input_size,
         store.clone(),
         engine.clone(),

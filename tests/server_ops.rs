@@ -95,3 +95,47 @@ fn a_panicking_handler_gets_a_500_and_the_server_goes_on() {
         server.logs()
     );
 }
+
+/// `encoder_instances = 2`: two inference threads, each with its own session, take batches from
+/// one queue; concurrent requests are all answered, with the same probabilities as one instance.
+#[test]
+fn two_encoder_instances_serve_one_queue() {
+    let one = Server::start(&[]);
+    let two = std::sync::Arc::new(Server::start(&[
+        "--encoder-instances",
+        "2",
+        "--intra-threads",
+        "1",
+        "--max-batch-size",
+        "1",
+    ]));
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", two.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    for thread in ["proco-batcher-0", "proco-batcher-1"] {
+        assert!(
+            names.iter().any(|n| n == thread),
+            "{thread} missing: {names:?}"
+        );
+    }
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let two = two.clone();
+            std::thread::spawn(move || classify(&two, &[], any_jpeg()))
+        })
+        .collect();
+    let (_, _, reference) = classify(&one, &[], any_jpeg());
+    for client in clients {
+        let (status, _, body) = client.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        let (got, want) = (&body["predictions"], &reference["predictions"]);
+        assert_eq!(got[0]["label"], want[0]["label"]);
+        let (p, q) = (
+            got[0]["probability"].as_f64().unwrap(),
+            want[0]["probability"].as_f64().unwrap(),
+        );
+        assert!((p - q).abs() < 1e-6, "{p} vs {q}");
+    }
+}

@@ -83,7 +83,7 @@ fn harness(script: &[Step], gated: bool, max_batch_size: usize, queue_capacity: 
         calls: calls.clone(),
     };
     let batcher = Batcher::spawn(
-        encoder,
+        vec![encoder],
         (1, 1),
         store.clone(),
         Arc::new(Engine::new(AdaptivePriorConfig::default(), Rule::Vmf, 0.25)),
