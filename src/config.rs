@@ -124,6 +124,8 @@ settings! {
     feedback_capacity: usize = 10_000, env "PROCO_FEEDBACK_CAPACITY";
     /// Labelled answers the feedback metrics are computed over (sliding window)
     feedback_window: usize = 1000, env "PROCO_FEEDBACK_WINDOW";
+    /// Origins a browser may call the API from (CORS): empty for none, * for any, or comma-separated origins such as https://app.example.com
+    cors_allow_origin: String = String::new(), env "PROCO_CORS_ALLOW_ORIGIN";
     /// Bearer token for the /admin endpoints (unset or empty: they answer 403)
     [hide_env_values = true]
     admin_token: String = String::new(), env "PROCO_ADMIN_TOKEN";

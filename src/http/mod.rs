@@ -129,15 +129,50 @@ pub fn router(state: Arc<AppState>) -> Router {
     } else {
         routes
     };
-    routes
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             access::panic_response,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), track));
+    // Off by default: without the setting a browser's preflight gets the usual 405.
+    let routes = match state.config.cors_allow_origin.trim() {
+        "" => routes,
+        origins => routes.layer(cors(origins)),
+    };
+    routes.with_state(state)
+}
+
+/// Cross-origin requests from browsers (`cors_allow_origin`): none by default; `*` for any
+/// origin; or a list. Preflight requests are answered here; the answers a page may read include
+/// the request id, the OIP binary header length and Retry-After.
+fn cors(setting: &str) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<&str> = setting
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .collect();
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    let oip_length = HeaderName::from_static("inference-header-content-length");
+    let request_id = HeaderName::from_static("x-request-id");
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            oip_length.clone(),
+            request_id.clone(),
+        ])
+        .expose_headers([request_id, oip_length, header::RETRY_AFTER])
 }
 
 /// The model a route names (`{model}` in its path: `/v1/models/{model}/...`,

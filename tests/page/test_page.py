@@ -5,8 +5,9 @@ abstain below 0.7) and checks what it renders against a direct POST /v1/classify
 image with the same parameters (and the query the page sent against its controls); after 40
 labelled warm-up images, checks the monitoring panel refreshes on its own and shows the server's
 figures, sends feedback through the page (and is refused a second time, in words), classifies a
-dropped image, shows a 4xx error in words, and checks that the page never asked anything of a
-host other than the server (Chromium's own network log and the page's resource timing). Tests run in file
+dropped image, shows a 4xx error in words, switches models with the picker, calls the API from
+a page on another origin (allowed, and refused), and checks that the console page never asked
+anything of a host other than the server (Chromium's own network log and the page's resource timing). Tests run in file
 order and share one server and one browser: each step builds on the previous one.
 """
 import json
@@ -67,6 +68,51 @@ def server_binary() -> Path:
 
 SECOND = "page-second"  # a second model, loaded at start, for the model picker
 
+CORS_PAGE = """<!doctype html><meta charset="utf-8"><title>cross-origin</title>
+<pre id="out">running</pre>
+<script>
+// Fetches an image from this page's own origin, then classifies it on the server (another origin).
+(async () => {
+  const server = new URLSearchParams(location.search).get("server");
+  const out = document.getElementById("out");
+  try {
+    const image = await (await fetch("fixture.jpg")).blob();
+    const r = await fetch(server + "/v1/classify", {method: "POST", headers: {"Content-Type": "image/jpeg"}, body: image});
+    const body = await r.json();
+    out.textContent = JSON.stringify({status: r.status, model: body.model, id: r.headers.get("x-request-id")});
+  } catch (e) {
+    out.textContent = JSON.stringify({error: String(e)});
+  }
+  out.dataset.done = "1";
+})();
+</script>"""
+
+
+class OtherOrigin:
+    """A page on another origin (its own port) that calls the server, for the CORS test."""
+
+    def __init__(self):
+        import http.server
+        import socketserver
+        self.root = Path(tempfile.mkdtemp(prefix="proco-page-origin-"))
+        (self.root / "cors.html").write_text(CORS_PAGE)
+        shutil.copy(FIXTURE, self.root / "fixture.jpg")
+        handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(self.root), **k)
+        self.httpd = socketserver.TCPServer(("127.0.0.1", 0), handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def other_origin():
+    o = OtherOrigin()
+    yield o
+    o.stop()
+
 
 def second_model_repository() -> Path:
     """A repository holding a renamed copy of the bundled model (the default model stays
@@ -88,7 +134,7 @@ def second_model_repository() -> Path:
 class Server:
     """The real binary on 127.0.0.1:0 (gRPC off), its log kept; stopped with SIGTERM at the end."""
 
-    def __init__(self):
+    def __init__(self, allow_origin: str):
         binary = server_binary()
         self.repository = second_model_repository()
         if not binary.exists():
@@ -98,7 +144,9 @@ class Server:
             [str(binary), "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--drain-delay-ms", "0",
              # The adaptive prior leaves the training prior after the 40 warm-up images.
              "--adaptive-min-samples", "32", "--adaptive-refresh-every", "8",
-             "--model-repository", str(self.repository), "--load-models", "all"],
+             "--model-repository", str(self.repository), "--load-models", "all",
+             # Pages from this origin may call the API (the CORS test); no other origin.
+             "--cors-allow-origin", allow_origin],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.log: list[str] = []
         first = self.proc.stdout.readline()
@@ -140,12 +188,12 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(other_origin):
     # PAGE_TEST_URL points the test at a server that already runs (for working on the page).
     if os.environ.get("PAGE_TEST_URL"):
         yield type("External", (), {"url": os.environ["PAGE_TEST_URL"].rstrip("/")})()
         return
-    s = Server()
+    s = Server(f"http://127.0.0.1:{other_origin.port}")
     yield s
     s.stop()
 
@@ -508,3 +556,20 @@ def test_no_request_left_loopback(page, browser, server):
     assert not outside, outside
     paths = sorted({urllib.parse.urlsplit(r["url"]).path for r in browser.requests if r["url"].startswith("http")})
     print(f"{len(browser.requests)} requests, all to {server.url}: {paths}")
+
+
+def test_cors_from_another_origin(server, other_origin, browser):
+    """A page on an allowed origin (127.0.0.1:PORT) classifies through the API from Chromium and
+    reads the request id; the same page on an origin not allowed (localhost:PORT) is refused by
+    the browser."""
+    d = browser.driver
+    for host, allowed in (("127.0.0.1", True), ("localhost", False)):
+        d.get(f"http://{host}:{other_origin.port}/cors.html?server={urllib.parse.quote(server.url)}")
+        wait(d, lambda d: d.find_element(By.ID, "out").get_attribute("data-done") == "1",
+             f"the page on {host} never finished")
+        result = json.loads(d.find_element(By.ID, "out").text)
+        if allowed:
+            assert result.get("status") == 200 and result.get("model") == "cifar10-lt-proco-resnet32", result
+            assert result.get("id"), f"the request id is not exposed: {result}"
+        else:
+            assert "error" in result, f"a page on an origin not allowed read the answer: {result}"
