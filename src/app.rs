@@ -61,7 +61,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listeners.http.local_addr()?;
-    let state = Arc::new(AppState::new(config));
+    let state = Arc::new(AppState::new(config)?);
+    if let Some(keys) = &state.api_keys {
+        keys.spawn_watcher(Duration::from_millis(state.config.reload_poll_ms));
+    }
     let app = crate::http::router(state.clone());
     let stop = drain_on(shutdown, state.clone());
     tracing::info!("listening on http://{addr}");

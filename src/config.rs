@@ -126,6 +126,8 @@ settings! {
     feedback_window: usize = 1000, env "PROCO_FEEDBACK_WINDOW";
     /// Origins a browser may call the API from (CORS): empty for none, * for any, or comma-separated origins such as https://app.example.com
     cors_allow_origin: String = String::new(), env "PROCO_CORS_ALLOW_ORIGIN";
+    /// File of API keys (one NAME KEY a line) that inference and feedback require, over HTTP and gRPC (unset: no keys needed); read again when it changes
+    api_keys_file: String = String::new(), env "PROCO_API_KEYS_FILE";
     /// Bearer token for the /admin endpoints (unset or empty: they answer 403)
     [hide_env_values = true]
     admin_token: String = String::new(), env "PROCO_ADMIN_TOKEN";

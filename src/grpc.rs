@@ -74,6 +74,19 @@ impl Service {
             })
     }
 
+    /// The API key of an inference call (`api_keys_file`), from the `authorization` metadata.
+    fn check_api_key(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let authorization = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        match self.state.check_api_key(authorization) {
+            Ok(Some(name)) => {
+                tracing::debug!("gRPC ModelInfer with the API key of {name}");
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(Status::unauthenticated(e.to_string())),
+        }
+    }
+
     /// Counts and times one call like the HTTP routes (`route` = `grpc:<Method>`).
     fn record<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
         let code = match result {
@@ -202,7 +215,10 @@ impl GrpcInferenceService for Service {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
-        let result = self.infer(request.into_inner()).await;
+        let result = match self.check_api_key(request.metadata()) {
+            Ok(()) => self.infer(request.into_inner()).await,
+            Err(refused) => Err(refused),
+        };
         self.record("ModelInfer", started, &result);
         result.map(Response::new)
     }

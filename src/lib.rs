@@ -30,6 +30,7 @@ pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod keys;
 pub mod manifest;
 pub mod oip;
 pub mod preprocess;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::batcher::Readiness;
 use crate::config::Config;
+use crate::keys::{ApiKeys, KeyError};
 use crate::telemetry::Metrics;
 
 pub use crate::repository::{IndexEntry, ModelState, Repository, RepositoryError};
@@ -19,6 +20,8 @@ pub struct AppState {
     pub models: Repository,
     /// Set on SIGTERM / Ctrl-C: readiness turns 503 so that load balancers stop sending.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The keys inference and feedback need (`api_keys_file`); `None`: none needed.
+    pub api_keys: Option<Arc<ApiKeys>>,
 }
 
 /// Why a request may not change what is served (the admin endpoints, model loads).
@@ -41,13 +44,28 @@ pub enum NotReady {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Self {
+    /// Fails when `api_keys_file` is set and cannot be read.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
-        AppState {
+        let api_keys = match config.api_keys_file.trim() {
+            "" => None,
+            path => Some(Arc::new(ApiKeys::open(std::path::Path::new(path))?)),
+        };
+        Ok(AppState {
             models: Repository::new(config.clone(), metrics.clone()),
             config,
             metrics,
             draining: std::sync::atomic::AtomicBool::new(false),
+            api_keys,
+        })
+    }
+
+    /// The name of the API key an inference or feedback request presents (`Authorization`
+    /// value), or `None` when no keys are configured.
+    pub fn check_api_key(&self, authorization: Option<&str>) -> Result<Option<String>, KeyError> {
+        match &self.api_keys {
+            None => Ok(None),
+            Some(keys) => keys.check(authorization).map(Some),
         }
     }
 

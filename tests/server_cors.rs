@@ -35,11 +35,17 @@ fn off_by_default() {
 
 #[test]
 fn listed_origins_only() {
-    let server = Server::start(&["--cors-allow-origin", &format!("{APP}, http://other.example")]);
+    let server = Server::start(&[
+        "--cors-allow-origin",
+        &format!("{APP}, http://other.example"),
+    ]);
     let r = preflight(&server, APP);
     assert!(r.status().is_success(), "{}", r.status());
     assert_eq!(allowed(&r).as_deref(), Some(APP));
-    let methods = r.headers()["access-control-allow-methods"].to_str().unwrap().to_string();
+    let methods = r.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(methods.contains("POST"), "{methods}");
 
     let r = client()
@@ -51,7 +57,10 @@ fn listed_origins_only() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(allowed(&r).as_deref(), Some(APP));
-    let exposed = r.headers()["access-control-expose-headers"].to_str().unwrap().to_string();
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(exposed.contains("x-request-id"), "{exposed}");
 
     let r = preflight(&server, "http://evil.example");

@@ -73,6 +73,10 @@ pub struct AccessInfo {
     pub prototypes_version: String,
 }
 
+/// The name of the API key a request presented (never the key).
+#[derive(Clone, Debug)]
+pub struct KeyName(pub String);
+
 /// Marks a response made from a caught panic, for the metrics.
 #[derive(Clone, Copy, Debug)]
 pub struct Panicked;
@@ -105,6 +109,8 @@ pub struct Line<'a> {
     pub seconds: f64,
     pub request_id: &'a str,
     pub info: Option<&'a AccessInfo>,
+    /// The API key's name, when keys are required.
+    pub key: Option<&'a str>,
 }
 
 impl Line<'_> {
@@ -115,10 +121,10 @@ impl Line<'_> {
             Format::Off => {}
             Format::Text => tracing::info!(
                 target: "proco_serve::access",
-                "{} {} {} in={} out={} {:.2}ms model={} images={} batch={} rule={} prior={} prototypes={} id={}",
+                "{} {} {} in={} out={} {:.2}ms model={} images={} batch={} rule={} prior={} prototypes={} key={} id={}",
                 self.method, self.route, self.status, self.bytes_in, bytes_out,
                 self.seconds * 1e3, dash(&info.model), info.images, info.batch_size, dash(&info.rule),
-                dash(&info.prior), dash(&info.prototypes_version), self.request_id
+                dash(&info.prior), dash(&info.prototypes_version), self.key.unwrap_or("-"), self.request_id
             ),
             Format::Json => tracing::info!(
                 target: "proco_serve::access",
@@ -128,7 +134,8 @@ impl Line<'_> {
                     "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
                     "duration_ms": self.seconds * 1e3, "model": info.model, "images": info.images,
                     "batch_size": info.batch_size, "rule": info.rule, "prior": info.prior,
-                    "prototypes_version": info.prototypes_version, "request_id": self.request_id,
+                    "prototypes_version": info.prototypes_version, "key": self.key,
+                    "request_id": self.request_id,
                 })
             ),
         }

@@ -49,25 +49,37 @@ pub use error::ApiError;
 /// The application's routes. Body size limits are enforced by the handlers themselves
 /// (so the error is our JSON), hence axum's default limit is disabled.
 pub fn router(state: Arc<AppState>) -> Router {
-    let routes = Router::new()
+    // Inference and feedback: the routes `api_keys_file` guards.
+    let with_key = Router::new()
         .route(
             "/v1/classify",
             post(classify::classify).put(classify::classify),
         )
-        .route("/v1/model", get(info::model))
-        .route("/v1/models", get(info::models))
-        .route("/v1/models/{model}", get(info::model))
         .route(
             "/v1/models/{model}/classify",
             post(classify::classify_model).put(classify::classify_model),
         )
+        .route("/v1/feedback", post(monitor::feedback))
         .route("/v1/models/{model}/feedback", post(monitor::feedback))
+        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::version_infer),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    let routes = Router::new()
+        .merge(with_key)
+        .route("/v1/model", get(info::model))
+        .route("/v1/models", get(info::models))
+        .route("/v1/models/{model}", get(info::model))
         .route("/v1/models/{model}/monitoring", get(monitor::monitoring))
         .route(
             "/v1/models/{model}/prototypes/versions",
             get(info::versions),
         )
-        .route("/v1/feedback", post(monitor::feedback))
         .route("/v1/monitoring", get(monitor::monitoring))
         .route("/", get(page::console))
         .route("/openapi.json", get(openapi::document))
@@ -88,11 +100,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v2/models/{name}/versions/{version}/ready",
             get(v2::model_version_ready),
-        )
-        .route("/v2/models/{name}/infer", post(v2::infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(v2::version_infer),
         )
         .route("/admin/reload", post(admin::admin_reload))
         .route("/admin/prototypes/examples", post(admin::learn_examples))
@@ -215,6 +222,45 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     }
 }
 
+/// The API key of an inference or feedback request (`api_keys_file`), checked before the body is
+/// read; refused with 401 in the protocol's own error shape. The key's name goes to the access
+/// log.
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.check_api_key(authorization) {
+        Ok(name) => {
+            let mut response = next.run(request).await;
+            if let Some(name) = name {
+                response.extensions_mut().insert(access::KeyName(name));
+            }
+            response
+        }
+        Err(e) => {
+            // Read (or drain) the body first, so that the 401 reaches a client still sending.
+            let v2 = is_v2(request.uri());
+            let (parts, body) = request.into_parts();
+            let _ = body::read(body, &parts.headers, &state.config).await;
+            if v2 {
+                let message = e.to_string();
+                let refusal = crate::oip::OipError::Unauthorized {
+                    message,
+                    disabled: false,
+                };
+                v2::V2Error(refusal).into_response()
+            } else {
+                ApiError::Unauthorized(e.to_string()).into_response()
+            }
+        }
+    }
+}
+
 /// With `fault_injection` on, a request with `X-Proco-Fault: panic` panics in its handler.
 async fn inject_fault(request: Request, next: Next) -> Response {
     if request
@@ -286,6 +332,10 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         seconds,
         request_id: &id,
         info: response.extensions().get::<access::AccessInfo>(),
+        key: response
+            .extensions()
+            .get::<access::KeyName>()
+            .map(|k| k.0.as_str()),
     }
     .write(state.config.access_log);
     response
