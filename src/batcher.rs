@@ -251,6 +251,19 @@ fn run(
             collect(rx, pending, shared.config)
         };
         let Some(jobs) = jobs else { break };
+        // A job whose requester stopped waiting (deadline passed, client gone) is dropped here,
+        // unencoded: its admission is given back with it.
+        let (jobs, abandoned): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| !j.reply.is_closed());
+        let dropped: usize = abandoned.iter().map(|j| j.work.images.len()).sum();
+        if dropped > 0 {
+            shared.metrics.queue_depth.sub(dropped as i64);
+            shared.metrics.abandoned_images.inc_by(dropped as u64);
+        }
+        drop(abandoned);
+        if jobs.is_empty() {
+            continue;
+        }
         let images: usize = jobs.iter().map(|j| j.work.images.len()).sum();
         shared.metrics.queue_depth.sub(images as i64);
         let (work, replies): (Vec<Work>, Vec<_>) = jobs

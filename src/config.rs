@@ -108,6 +108,8 @@ settings! {
     header_read_timeout_ms: u64 = 10_000, env "PROCO_HEADER_READ_TIMEOUT_MS";
     /// Time a client has to send a request's whole body, in ms (then 408)
     body_read_timeout_ms: u64 = 30_000, env "PROCO_BODY_READ_TIMEOUT_MS";
+    /// Longest a request may take, decoding and queueing included, when it does not say (timeout_ms, the OIP timeout parameter, grpc-timeout); then 504 / DEADLINE_EXCEEDED, and its queued images are not encoded (0: no limit)
+    request_timeout_ms: u64 = 0, env "PROCO_REQUEST_TIMEOUT_MS";
     /// Most images in one multipart request
     max_images_per_request: usize = 64, env "PROCO_MAX_IMAGES_PER_REQUEST";
     /// Images the adaptive prior remembers (sliding window)

@@ -59,6 +59,7 @@ fn status(e: OipError) -> Status {
         OipError::FailedPrecondition(m) => Status::failed_precondition(m),
         OipError::Unavailable(m) => Status::unavailable(m),
         OipError::Internal(m) => Status::internal(m),
+        OipError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
     }
 }
 
@@ -215,8 +216,9 @@ impl GrpcInferenceService for Service {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
+        let deadline = grpc_timeout_ms(request.metadata());
         let result = match self.check_api_key(request.metadata()) {
-            Ok(()) => self.infer(request.into_inner()).await,
+            Ok(()) => self.infer(request.into_inner(), deadline).await,
             Err(refused) => Err(refused),
         };
         self.record("ModelInfer", started, &result);
@@ -225,15 +227,41 @@ impl GrpcInferenceService for Service {
 }
 
 impl Service {
-    async fn infer(&self, r: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    /// `grpc_timeout_ms`: the client's `grpc-timeout`, used when the `timeout` parameter is not
+    /// given.
+    async fn infer(
+        &self,
+        r: ModelInferRequest,
+        grpc_timeout_ms: Option<String>,
+    ) -> Result<ModelInferResponse, Status> {
         let serving =
             oip::find_model(&self.state, &r.model_name, Some(&r.model_version)).map_err(status)?;
-        let request = infer_request(r).map_err(status)?;
+        let mut request = infer_request(r).map_err(status)?;
+        if request.parameters.timeout_ms.is_none() {
+            request.parameters.timeout_ms = grpc_timeout_ms;
+        }
         let answer = oip::infer(&self.state, &serving, request)
             .await
             .map_err(status)?;
         Ok(infer_response(answer))
     }
+}
+
+/// The `grpc-timeout` header (an integer and a unit: H, M, S, m, u or n) in milliseconds.
+fn grpc_timeout_ms(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: f64 = digits.parse().ok()?;
+    let ms = match unit {
+        "H" => n * 3_600_000.0,
+        "M" => n * 60_000.0,
+        "S" => n * 1_000.0,
+        "m" => n,
+        "u" => n / 1e3,
+        "n" => n / 1e6,
+        _ => return None,
+    };
+    Some(ms.to_string())
 }
 
 fn invalid(message: String) -> OipError {
@@ -278,7 +306,7 @@ fn infer_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
         .find(|k| !oip::PARAMETERS.contains(&k.as_str()))
     {
         return Err(invalid(format!(
-            "unknown request parameter {other:?} (known: rule, prior, coverage, set, abstain_below)"
+            "unknown request parameter {other:?} (known: rule, prior, coverage, set, abstain_below, timeout)"
         )));
     }
     // Owned buffers become Bytes without a copy; the BYTES elements are then slices of them.
@@ -331,6 +359,8 @@ fn infer_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
             coverage: number_param(&r.parameters, "coverage")?,
             set: string_param(&r.parameters, "set")?,
             abstain_below: number_param(&r.parameters, "abstain_below")?,
+            timeout_ms: number_param(&r.parameters, "timeout")?
+                .map(|us| us.parse().map(oip::timeout_ms).unwrap_or(us)),
             ..RawOptions::default()
         },
         binary_output: true,

@@ -195,6 +195,8 @@ fn start_inference(
         defaults: Defaults {
             rule: config.default_rule,
             prior: config.default_prior,
+            timeout: (config.request_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.request_timeout_ms)),
         },
         limits: DecodeLimits::from_max_pixels(config.max_pixels),
         metrics: metrics.clone(),

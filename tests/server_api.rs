@@ -466,6 +466,7 @@ fn model_health_and_metrics_endpoints() {
         ("proco_model_info", "gauge"),
         ("proco_ready", "gauge"),
         ("proco_batch_failures_total", "counter"),
+        ("proco_abandoned_images_total", "counter"),
     ];
     for (name, kind) in families {
         assert!(

@@ -48,6 +48,8 @@ pub struct ClassifyQuery {
     set: Option<String>,
     /// Mark the answer abstained when its top probability is below this
     abstain_below: Option<f64>,
+    /// Milliseconds the request may take (default: the server's request_timeout_ms); past it, 504 deadline_exceeded, and images still queued are not encoded
+    timeout_ms: Option<f64>,
 }
 
 /// Timings of one image, in milliseconds.
@@ -149,7 +151,7 @@ pub async fn classify(
     let images = body::images(parts, bytes, state.config.max_images_per_request).await?;
     let multipart = images.multipart;
     let inputs = images.infer_inputs();
-    let show_posterior = options.posterior;
+    let show_posterior = options.options.posterior;
     let classified = serving.infer.classify(inputs, options).await?;
     let answers = answers(
         &serving,
@@ -291,9 +293,10 @@ pub fn query_options(query: &str) -> Result<RawOptions, ApiError> {
             "coverage" => raw.coverage = Some(value),
             "set" => raw.set = Some(value),
             "abstain_below" => raw.abstain_below = Some(value),
+            "timeout_ms" => raw.timeout_ms = Some(value),
             other => {
                 return Err(ApiError::InvalidParameter(format!(
-                    "unknown query parameter {other:?} (known: top_k, rule, prior, posterior, coverage, set, abstain_below)"
+                    "unknown query parameter {other:?} (known: top_k, rule, prior, posterior, coverage, set, abstain_below, timeout_ms)"
                 )))
             }
         }

@@ -104,6 +104,8 @@ api_errors! {
     ModelRefused => CONFLICT, "model_refused";
     /// The endpoint does not take this method.
     MethodNotAllowed => METHOD_NOT_ALLOWED, "method_not_allowed";
+    /// The request's deadline (timeout_ms, request_timeout_ms) passed before its answer.
+    DeadlineExceeded => GATEWAY_TIMEOUT, "deadline_exceeded";
     /// Our fault (the inference thread failed).
     Internal => INTERNAL_SERVER_ERROR, "internal";
 }
@@ -126,6 +128,7 @@ impl From<InferError> for ApiError {
                 _ => ApiError::InvalidImage(message),
             },
             InferError::QueueFull { .. } => ApiError::QueueFull(message),
+            InferError::DeadlineExceeded(_) => ApiError::DeadlineExceeded(message),
             InferError::Failed(m) => ApiError::Internal(m),
         }
     }

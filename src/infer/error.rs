@@ -34,6 +34,10 @@ pub enum InferError {
     },
     #[error("the server is at capacity ({capacity} images in flight); retry shortly")]
     QueueFull { capacity: usize },
+    /// The request's deadline passed before it was answered: its images were not encoded if it
+    /// was still queued.
+    #[error("the deadline of {} ms passed before the answer", .0.as_millis())]
+    DeadlineExceeded(std::time::Duration),
     /// The server's own fault: the inference thread failed or stopped, or a decode task died.
     #[error("{0}")]
     Failed(String),
@@ -43,6 +47,9 @@ impl InferError {
     /// Whether the client caused it (an option or an image), as opposed to the server being
     /// full or failing.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, InferError::QueueFull { .. } | InferError::Failed(_))
+        !matches!(
+            self,
+            InferError::QueueFull { .. } | InferError::Failed(_) | InferError::DeadlineExceeded(_)
+        )
     }
 }

@@ -53,6 +53,18 @@ pub struct Classified {
 pub struct Defaults {
     pub rule: Rule,
     pub prior: PriorName,
+    /// `request_timeout_ms`: how long a request may take when it does not say (`None`: no limit).
+    pub timeout: Option<Duration>,
+}
+
+/// A request's options, resolved: what the engine is asked, and when the answer is due.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub options: RequestOptions,
+    /// `None`: no deadline.
+    pub deadline: Option<Instant>,
+    /// The time the request was given (for the error message).
+    pub timeout: Option<Duration>,
 }
 
 /// What the front layer needs of the loaded model.
@@ -90,7 +102,19 @@ impl Infer {
     /// The engine options for a request's raw options, resolved and checked against one
     /// snapshot of the prototypes served now: the class count, the rules that can answer, and
     /// whether they hold conformal scores, computed at the temperature served, for a set.
-    pub fn resolve(&self, raw: &RawOptions) -> Result<RequestOptions, InferError> {
+    pub fn resolve(&self, raw: &RawOptions) -> Result<Resolved, InferError> {
+        let timeout = match &raw.timeout_ms {
+            Some(text) => Some(options::parse_timeout(text)?),
+            None => self.parts.defaults.timeout,
+        };
+        Ok(Resolved {
+            options: self.resolve_options(raw)?,
+            deadline: timeout.map(|t| Instant::now() + t),
+            timeout,
+        })
+    }
+
+    fn resolve_options(&self, raw: &RawOptions) -> Result<RequestOptions, InferError> {
         let protos = self.parts.store.snapshot();
         let served = Served {
             default_rule: self.parts.defaults.rule,
@@ -122,9 +146,19 @@ impl Infer {
     pub async fn classify(
         &self,
         images: Vec<ImageInput>,
-        options: RequestOptions,
+        request: Resolved,
     ) -> Result<Classified, InferError> {
-        self.run(images, Purpose::Classify(options)).await
+        let Resolved {
+            options,
+            deadline,
+            timeout,
+        } = request;
+        within(
+            deadline,
+            timeout,
+            self.run(images, Purpose::Classify(options)),
+        )
+        .await
     }
 
     /// The unit feature z of each image (to learn from), through the same admission, decoding
@@ -136,6 +170,19 @@ impl Infer {
     /// Classifies images the client has already laid out as the encoder's input (CHW float,
     /// `3 * H * W` values each, checked by the caller); admission as for encoded images.
     pub async fn classify_tensors(
+        &self,
+        tensors: Vec<Vec<f32>>,
+        request: Resolved,
+    ) -> Result<Classified, InferError> {
+        let Resolved {
+            options,
+            deadline,
+            timeout,
+        } = request;
+        within(deadline, timeout, self.run_tensors(tensors, options)).await
+    }
+
+    async fn run_tensors(
         &self,
         tensors: Vec<Vec<f32>>,
         options: RequestOptions,
@@ -216,5 +263,23 @@ impl Infer {
             .submit(tensors, purpose, admission)
             .await?;
         Ok(Classified { result, decode })
+    }
+}
+
+/// Runs `work` until `deadline`. Past it the request is answered "deadline exceeded" at once, and
+/// the work is dropped: a job still queued is then skipped by the batcher (nobody waits for its
+/// answer), so its images are never encoded, and its admission is given back.
+async fn within<T>(
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, InferError>>,
+) -> Result<T, InferError> {
+    match deadline {
+        None => work.await,
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), work)
+            .await
+            .unwrap_or(Err(InferError::DeadlineExceeded(
+                timeout.unwrap_or_default(),
+            ))),
     }
 }

@@ -27,6 +27,9 @@ pub struct RawOptions {
     pub set: Option<String>,
     /// A probability in [0, 1]: mark answers whose top probability is below it.
     pub abstain_below: Option<String>,
+    /// Milliseconds the request may take, decoding and queueing included (a positive number);
+    /// past it the request is answered "deadline exceeded" and its images are not encoded.
+    pub timeout_ms: Option<String>,
     /// Return the full posterior vector, the rule's logits, the unit feature.
     pub posterior: bool,
     pub logits: bool,
@@ -107,6 +110,21 @@ fn parse_top_k(text: &str) -> Result<usize, InferError> {
         return Err(InferError::InvalidTopK("top_k must be at least 1".into()));
     }
     Ok(k)
+}
+
+/// `timeout_ms`: a positive, finite number of milliseconds.
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration, InferError> {
+    let ms: f64 = text.trim().parse().map_err(|_| {
+        InferError::InvalidParameter(format!(
+            "timeout_ms {text:?} is not a number of milliseconds"
+        ))
+    })?;
+    if !(ms > 0.0 && ms.is_finite() && ms <= 86_400_000.0) {
+        return Err(InferError::InvalidParameter(format!(
+            "timeout_ms {text:?} must be more than 0 and at most a day"
+        )));
+    }
+    Ok(std::time::Duration::from_secs_f64(ms / 1e3))
 }
 
 /// `abstain_below`: a number, then a probability in [0, 1].

@@ -47,7 +47,20 @@ pub const ABSTAINED: &str = "abstained";
 pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "classification", "model_repository"];
 
 /// The request parameters this server knows (besides the REST `binary_data_output`).
-pub const PARAMETERS: [&str; 5] = ["rule", "prior", "coverage", "set", "abstain_below"];
+/// `timeout` is in microseconds, as Triton's schedule-policy extension has it.
+pub const PARAMETERS: [&str; 6] = [
+    "rule",
+    "prior",
+    "coverage",
+    "set",
+    "abstain_below",
+    "timeout",
+];
+
+/// The OIP `timeout` parameter (microseconds) as the front layer's `timeout_ms`.
+pub fn timeout_ms(microseconds: f64) -> String {
+    (microseconds / 1e3).to_string()
+}
 
 /// Why an inference request was not answered: the protocol's four outcomes, which each wire
 /// (`http::v2`, `grpc`) maps to its own status in one place.
@@ -72,6 +85,9 @@ pub enum OipError {
     /// A model load that failed, or an unload that is not allowed (400, FAILED_PRECONDITION).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The request's deadline passed before its answer (504, DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The server's own fault (500, INTERNAL).
     #[error("{0}")]
     Internal(String),
@@ -93,6 +109,7 @@ impl From<InferError> for OipError {
         match e {
             e if e.is_client_error() => OipError::Invalid(message),
             InferError::QueueFull { .. } => OipError::Unavailable(message),
+            InferError::DeadlineExceeded(_) => OipError::DeadlineExceeded(message),
             _ => OipError::Internal(message),
         }
     }

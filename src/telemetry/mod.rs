@@ -47,6 +47,7 @@ pub(crate) struct PerModel {
     pub(crate) execution_provider_info: GaugeVec,
     pub(crate) model_info: GaugeVec,
     pub(crate) batch_failures: IntCounterVec,
+    pub(crate) abandoned_images: IntCounterVec,
     pub(crate) examples_learned: IntCounterVec,
     pub(crate) classes: IntGaugeVec,
     pub(crate) prototype_versions_written: IntCounterVec,
@@ -177,6 +178,11 @@ impl Metrics {
                 "Encoder batches that failed or panicked (their requests got an error answer)",
                 model,
             ),
+            abandoned_images: counters(
+                "proco_abandoned_images_total",
+                "Images dropped from the queue unencoded because their request stopped waiting (deadline passed or client gone)",
+                model,
+            ),
             examples_learned: counters(
                 "proco_examples_learned_total",
                 "Images taught through POST /admin/prototypes/examples, by label",
@@ -284,6 +290,7 @@ impl Metrics {
             queue_depth: m.queue_depth.with_label_values(&one),
             adaptive_samples: m.adaptive_samples.with_label_values(&one),
             batch_failures: m.batch_failures.with_label_values(&one),
+            abandoned_images: m.abandoned_images.with_label_values(&one),
             classes: m.classes.with_label_values(&one),
             prototype_versions_written: m.prototype_versions_written.with_label_values(&one),
             prototype_rollbacks: m.prototype_rollbacks.with_label_values(&one),

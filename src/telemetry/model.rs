@@ -61,6 +61,7 @@ pub struct ModelMetrics {
     pub queue_depth: IntGauge,
     pub adaptive_samples: Gauge,
     pub batch_failures: IntCounter,
+    pub abandoned_images: IntCounter,
     pub classes: IntGauge,
     pub prototype_versions_written: IntCounter,
     pub prototype_rollbacks: IntCounter,
@@ -108,6 +109,7 @@ impl ModelMetrics {
         forget(&m.execution_provider_info, &self.model);
         forget(&m.model_info, &self.model);
         forget(&m.batch_failures, &self.model);
+        forget(&m.abandoned_images, &self.model);
         forget(&m.examples_learned, &self.model);
         forget(&m.classes, &self.model);
         forget(&m.prototype_versions_written, &self.model);

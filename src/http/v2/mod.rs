@@ -59,6 +59,7 @@ impl IntoResponse for V2Error {
             OipError::Invalid(_) | OipError::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
             OipError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             OipError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            OipError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!("/v2: {}", self.0);

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{invalid, V2Error, HEADER_LENGTH};
 use crate::oip::codec::{fp32_values, split_bytes_elements};
-use crate::oip::{InferRequest, InputTensor, RequestedOutput, TensorData, IMAGE_INPUT};
+use crate::oip::{self, InferRequest, InputTensor, RequestedOutput, TensorData, IMAGE_INPUT};
 
 /// Parses an infer request body: JSON, JSON then binary tensor data, or the raw binary form, as
 /// the `Inference-Header-Content-Length` header says.
@@ -80,16 +80,16 @@ fn json_request(header: &[u8], mut binary: Bytes) -> Result<InferRequest, V2Erro
                 "rule" => request.parameters.rule = Some(text()?),
                 "prior" => request.parameters.prior = Some(text()?),
                 "set" => request.parameters.set = Some(text()?),
-                "coverage" | "abstain_below" => {
+                "coverage" | "abstain_below" | "timeout" => {
                     let number = value
                         .as_f64()
                         .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
                         .ok_or_else(|| invalid(format!("parameter {key:?} must be a number")))?;
-                    let slot = match key.as_str() {
-                        "coverage" => &mut request.parameters.coverage,
-                        _ => &mut request.parameters.abstain_below,
-                    };
-                    *slot = Some(number.to_string());
+                    match key.as_str() {
+                        "coverage" => request.parameters.coverage = Some(number.to_string()),
+                        "timeout" => request.parameters.timeout_ms = Some(oip::timeout_ms(number)),
+                        _ => request.parameters.abstain_below = Some(number.to_string()),
+                    }
                 }
                 "binary_data_output" => {
                     request.binary_output = value.as_bool().ok_or_else(|| {
@@ -98,7 +98,7 @@ fn json_request(header: &[u8], mut binary: Bytes) -> Result<InferRequest, V2Erro
                 }
                 other => {
                     return Err(invalid(format!(
-                    "unknown request parameter {other:?} (known: rule, prior, coverage, set, abstain_below, binary_data_output)"
+                    "unknown request parameter {other:?} (known: rule, prior, coverage, set, abstain_below, timeout, binary_data_output)"
                 )))
                 }
             }
