@@ -52,6 +52,39 @@ pub struct ClassifyQuery {
     timeout_ms: Option<f64>,
 }
 
+/// The answers of `/v1/classify` and `/v1/models/{model}/classify` (documentation).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum ClassifyResponses {
+    /// One answer (or `results`, one per part, for multipart)
+    #[response(status = 200)]
+    Answer(serde_json::Value),
+    /// A malformed request: empty body, bad query parameter, rule or conformal scores unavailable, coverage level not served
+    #[response(status = 400)]
+    Malformed(crate::http::error::ErrorBody),
+    /// Inference needs an API key (api_keys_file) and none or a wrong one was sent
+    #[response(status = 401)]
+    Unauthorized(crate::http::error::ErrorBody),
+    /// No such model, or it is not loaded (the named route)
+    #[response(status = 404)]
+    NoModel(crate::http::error::ErrorBody),
+    /// Body, image or part count over the limits
+    #[response(status = 413)]
+    TooLarge(crate::http::error::ErrorBody),
+    /// Not an image, octet-stream or multipart
+    #[response(status = 415)]
+    NotAnImage(crate::http::error::ErrorBody),
+    /// Not an image that can be decoded (garbage, truncated, zero-sized)
+    #[response(status = 422)]
+    Undecodable(crate::http::error::ErrorBody),
+    /// At capacity (Retry-After) or still loading
+    #[response(status = 503)]
+    Unavailable(crate::http::error::ErrorBody),
+    /// The request's deadline (timeout_ms, request_timeout_ms) passed before its answer
+    #[response(status = 504)]
+    Deadline(crate::http::error::ErrorBody),
+}
+
 /// Timings of one image, in milliseconds.
 #[derive(Serialize)]
 struct Timings {
@@ -125,14 +158,7 @@ fn ms(d: Duration) -> f64 {
     description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
     params(ClassifyQuery),
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
-    responses(
-        (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
-        (status = 400, description = "A malformed request: empty body, bad query parameter, rule or conformal scores unavailable, coverage level not served", body = crate::http::error::ErrorBody),
-        (status = 413, description = "Body, image or part count over the limits", body = crate::http::error::ErrorBody),
-        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::error::ErrorBody),
-        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::error::ErrorBody),
-        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::error::ErrorBody)
-    )
+    responses(ClassifyResponses)
 )]
 /// `POST /v1/classify`, and `PUT` as `curl -T` sends.
 pub async fn classify(
@@ -198,15 +224,7 @@ pub async fn classify(
     description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
     params(("model" = String, Path, description = "A model of the repository (GET /v1/models)"), ClassifyQuery),
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
-    responses(
-        (status = 200, description = "One answer (or `results`, one per part, for multipart)", body = serde_json::Value),
-        (status = 400, description = "A malformed request: empty body, bad query parameter, rule or conformal scores unavailable, coverage level not served", body = crate::http::error::ErrorBody),
-        (status = 413, description = "Body, image or part count over the limits", body = crate::http::error::ErrorBody),
-        (status = 415, description = "Not an image, octet-stream or multipart", body = crate::http::error::ErrorBody),
-        (status = 422, description = "Not an image that can be decoded (garbage, truncated, zero-sized)", body = crate::http::error::ErrorBody),
-        (status = 404, description = "No such model, or it is not loaded", body = crate::http::error::ErrorBody),
-        (status = 503, description = "At capacity (Retry-After) or still loading", body = crate::http::error::ErrorBody)
-    )
+    responses(ClassifyResponses)
 )]
 /// `POST /v1/models/{model}/classify` (and `PUT`): as `/v1/classify`, with the named model.
 pub async fn classify_model(

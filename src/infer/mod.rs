@@ -148,17 +148,8 @@ impl Infer {
         images: Vec<ImageInput>,
         request: Resolved,
     ) -> Result<Classified, InferError> {
-        let Resolved {
-            options,
-            deadline,
-            timeout,
-        } = request;
-        within(
-            deadline,
-            timeout,
-            self.run(images, Purpose::Classify(options)),
-        )
-        .await
+        let work = self.run(images, Purpose::Classify(request.options));
+        within(request.deadline, request.timeout, work).await
     }
 
     /// The unit feature z of each image (to learn from), through the same admission, decoding
@@ -174,12 +165,8 @@ impl Infer {
         tensors: Vec<Vec<f32>>,
         request: Resolved,
     ) -> Result<Classified, InferError> {
-        let Resolved {
-            options,
-            deadline,
-            timeout,
-        } = request;
-        within(deadline, timeout, self.run_tensors(tensors, options)).await
+        let work = self.run_tensors(tensors, request.options);
+        within(request.deadline, request.timeout, work).await
     }
 
     async fn run_tensors(
