@@ -70,15 +70,8 @@ pub fn load(
         model_dir,
         config.encoder_variant,
     )?);
-    let lib = crate::encoder::init_runtime()?;
-    tracing::info!("ONNX Runtime loaded from {}", lib.display());
-    let threads = Threads {
-        intra: config.intra_threads,
-        inter: config.inter_threads,
-        spin: config.ort_spinning,
-    };
-    let encoder = Encoder::load(&manifest, config.execution_provider, threads)
-        .with_context(|| format!("cannot load the encoder of {}", model_dir.display()))?;
+    let encoders = load_encoders(config, &manifest, model_dir)?;
+    let encoder = &encoders[0];
     tracing::info!(
         "encoder variant {} ({}), temperatures from {}",
         manifest.variant,
@@ -116,14 +109,6 @@ pub fn load(
     let metrics = Arc::new(metrics.model(&manifest.name));
     publish_model_metrics(&metrics, &provider, &manifest, &shape, &snapshot);
 
-    // More encoder instances (Triton's instance_group): each its own session, fed by the batcher.
-    let mut encoders = vec![encoder];
-    for _ in 1..config.encoder_instances.max(1) {
-        encoders.push(
-            Encoder::load(&manifest, config.execution_provider, threads)
-                .with_context(|| format!("cannot load the encoder of {}", model_dir.display()))?,
-        );
-    }
     let (engine, infer) =
         start_inference(config, &manifest, encoders, &store, &metrics, admission)?;
     Ok(Serving {
@@ -203,6 +188,28 @@ fn start_inference(
         queue_capacity: config.queue_capacity,
     });
     Ok((engine, infer))
+}
+
+/// The model's encoder sessions, `encoder_instances` of them (Triton's instance_group), each
+/// warmed up; the batcher gives each its own inference thread.
+fn load_encoders(
+    config: &Config,
+    manifest: &ModelManifest,
+    model_dir: &Path,
+) -> anyhow::Result<Vec<Encoder>> {
+    let lib = crate::encoder::init_runtime()?;
+    tracing::info!("ONNX Runtime loaded from {}", lib.display());
+    let threads = Threads {
+        intra: config.intra_threads,
+        inter: config.inter_threads,
+        spin: config.ort_spinning,
+    };
+    (0..config.encoder_instances.max(1))
+        .map(|_| {
+            Encoder::load(manifest, config.execution_provider, threads)
+                .with_context(|| format!("cannot load the encoder of {}", model_dir.display()))
+        })
+        .collect()
 }
 
 /// Which provider runs the model, in words (a CUDA request that fell back is a warning).
