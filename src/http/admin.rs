@@ -33,7 +33,7 @@ fn authorized(
 }
 
 /// The admin bearer token of a request.
-pub fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());

@@ -11,9 +11,8 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{V2Error, V2ErrorBody};
-use crate::http::admin::check_token;
 use crate::oip::OipError;
-use crate::state::AppState;
+use crate::state::{AppState, TokenError};
 
 #[utoipa::path(post, path = "/v2/repository/index", tag = "v2", operation_id = "v2_repository_index",
     description = "Every model of the repository with its state (READY, LOADING, UNAVAILABLE) and, when not ready, the reason. Body (optional): {\"ready\": true} lists only the ready ones.",
@@ -59,7 +58,7 @@ pub async fn load(
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, V2Error> {
-    check_token(&state, &headers).map_err(token_error)?;
+    admin_token(&state, &headers)?;
     state.models.load(&model).await.map_err(OipError::from)?;
     Ok(Json(json!({})).into_response())
 }
@@ -78,15 +77,21 @@ pub async fn unload(
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, V2Error> {
-    check_token(&state, &headers).map_err(token_error)?;
+    admin_token(&state, &headers)?;
     state.models.unload(&model).await.map_err(OipError::from)?;
     Ok(Json(json!({})).into_response())
 }
 
-/// The token check's refusal, in the protocol's error shape (401 or 403).
-fn token_error(e: crate::http::ApiError) -> V2Error {
-    V2Error(OipError::Unauthorized {
-        message: e.to_string(),
-        disabled: matches!(e, crate::http::ApiError::AdminDisabled(_)),
+/// The admin token of a repository change, refused in the protocol's error shape (401, or 403
+/// when none is configured).
+fn admin_token(state: &AppState, headers: &HeaderMap) -> Result<(), V2Error> {
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state.check_admin_token(authorization).map_err(|e| {
+        V2Error(OipError::Unauthorized {
+            message: e.to_string(),
+            disabled: matches!(e, TokenError::Disabled),
+        })
     })
 }
