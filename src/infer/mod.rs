@@ -176,12 +176,20 @@ impl Infer {
     ) -> Result<Classified, InferError> {
         let admission = Arc::new(self.admit(tensors.len())?);
         let decode = vec![Duration::ZERO; tensors.len()];
-        let purpose = Purpose::Classify(options);
-        let result = self
-            .parts
-            .batcher
-            .submit(tensors, purpose, admission)
-            .await?;
+        self.submit(tensors, Purpose::Classify(options), admission, decode)
+            .await
+    }
+
+    /// Queues decoded images for the batcher and waits for their answer.
+    async fn submit(
+        &self,
+        tensors: Vec<Vec<f32>>,
+        purpose: Purpose,
+        admission: Arc<tokio::sync::OwnedSemaphorePermit>,
+        decode: Vec<Duration>,
+    ) -> Result<Classified, InferError> {
+        let batcher = &self.parts.batcher;
+        let result = batcher.submit(tensors, purpose, admission).await?;
         Ok(Classified { result, decode })
     }
 
@@ -244,12 +252,7 @@ impl Infer {
             decode.push(took);
         }
 
-        let result = self
-            .parts
-            .batcher
-            .submit(tensors, purpose, admission)
-            .await?;
-        Ok(Classified { result, decode })
+        self.submit(tensors, purpose, admission, decode).await
     }
 }
 
