@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::pgstore::SharedStore;
 use crate::state::AppState;
 
 /// The server's sockets, bound before the model loads so that `/health/live` answers at once.
@@ -61,7 +62,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listeners.http.local_addr()?;
-    let state = Arc::new(AppState::new(config)?);
+    let shared_store = match config.prototype_store_url()? {
+        Some(url) => Some(SharedStore::connect(url, config.prototype_history).await?),
+        None => None,
+    };
+    let state = Arc::new(AppState::new(config, shared_store)?);
     if let Some(keys) = &state.api_keys {
         keys.spawn_watcher(Duration::from_millis(state.config.reload_poll_ms));
     }

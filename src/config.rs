@@ -149,6 +149,9 @@ settings! {
     max_classes: usize = 10_000, env "PROCO_MAX_CLASSES";
     /// Prototype versions kept beside the prototypes file for rollback (0: keep none)
     prototype_history: usize = 10, env "PROCO_PROTOTYPE_HISTORY";
+    /// Where the prototypes and their versions live: file (each model folder's prototypes.json, for one machine) or a PostgreSQL URL (postgres://user:password@host:5432/database) that every replica shares and follows
+    [hide_env_values = true]
+    prototype_store: String = "file".to_string(), env "PROCO_PROTOTYPE_STORE";
     /// How often the prototypes file is checked for changes, in ms (0: never)
     reload_poll_ms: u64 = 500, env "PROCO_RELOAD_POLL_MS";
     /// On SIGTERM/Ctrl-C: ms between turning /health/ready to 503 and closing the listener, so that load balancers notice
@@ -195,8 +198,27 @@ impl Config {
         }
     }
 
+    /// The PostgreSQL URL of the shared prototype store, or `None` for the file store.
+    pub fn prototype_store_url(&self) -> anyhow::Result<Option<&str>> {
+        match self.prototype_store.trim() {
+            "" | "file" => Ok(None),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                // Checked here so that a typo is a start-up error; the URL is never echoed (it
+                // may hold a password).
+                url.parse::<tokio_postgres::Config>().map_err(|e| {
+                    anyhow::anyhow!("prototype_store: not a valid PostgreSQL URL ({e})")
+                })?;
+                Ok(Some(url))
+            }
+            _ => bail!(
+                "prototype_store: expected \"file\" or a PostgreSQL URL like postgres://user:password@host:5432/database"
+            ),
+        }
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         self.grpc_addr()?;
+        self.prototype_store_url()?;
         if self.encoder_instances == 0 {
             bail!("encoder_instances must be at least 1");
         }

@@ -14,6 +14,7 @@
 //! Beside the path: `config` (settings), `reload` (every change to the prototypes: hot reload,
 //! learning, removal, rollback), `prototypes` (the class distributions and their store),
 //! `preprocess` (bytes to tensor), `manifest` (model.toml), `telemetry` (metrics and logs),
+//! `pgstore` (the prototypes' versions shared by replicas through PostgreSQL),
 //! `feedback` (answers awaiting their true label, and the metrics of those labelled), `eval` (the
 //! offline command), and `fuzzing` (the parsers of untrusted bytes behind one entry each, for the
 //! fuzz targets).
@@ -33,6 +34,7 @@ pub mod infer;
 pub mod keys;
 pub mod manifest;
 pub mod oip;
+pub mod pgstore;
 pub mod preprocess;
 pub mod prototypes;
 pub mod reload;

@@ -16,9 +16,10 @@ use crate::engine::{Engine, PriorName};
 use crate::feedback::FeedbackStore;
 use crate::infer::{Defaults, Infer, Parts};
 use crate::manifest::ModelManifest;
+use crate::pgstore::SharedStore;
 use crate::preprocess::DecodeLimits;
 use crate::prototypes::{EncoderShape, PrototypeStore, Prototypes};
-use crate::reload::Reloader;
+use crate::reload::{Reloader, Shared};
 use crate::telemetry::{Metrics, ModelMetrics};
 use crate::vmf::AdaptivePriorConfig;
 
@@ -58,13 +59,14 @@ impl Serving {
     }
 }
 
-/// Loads the manifest, the encoder (with warm-up), the prototypes, and starts the batcher.
-/// Blocking: call from a blocking thread.
+/// Loads the manifest, the encoder (with warm-up), the prototypes (the shared store's version,
+/// with one), and starts the batcher. Blocking: call from a blocking thread of the runtime.
 pub fn load(
     config: &Config,
     model_dir: &Path,
     metrics: Arc<Metrics>,
     admission: Arc<Semaphore>,
+    shared_store: Option<Arc<SharedStore>>,
 ) -> anyhow::Result<Serving> {
     let manifest = Arc::new(ModelManifest::load_variant(
         model_dir,
@@ -96,6 +98,12 @@ pub fn load(
         PrototypeStore::open(&manifest.prototypes_path, shape.clone())
             .with_context(|| format!("cannot use {}", manifest.prototypes_path.display()))?,
     );
+    let shared = shared_store.map(|s| Shared::new(s, &manifest.name));
+    if let Some(shared) = &shared {
+        let bytes = std::fs::read(&manifest.prototypes_path)
+            .with_context(|| format!("cannot read {}", manifest.prototypes_path.display()))?;
+        shared.open(&store, &bytes)?;
+    }
     let snapshot = store.snapshot();
     log_provider(&provider, &manifest.name);
     tracing::info!(
@@ -120,6 +128,7 @@ pub fn load(
             metrics.clone(),
             config.prototype_history,
             config.max_classes,
+            shared,
         )),
         store,
         engine,

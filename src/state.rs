@@ -44,15 +44,19 @@ pub enum NotReady {
 }
 
 impl AppState {
-    /// Fails when `api_keys_file` is set and cannot be read.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
+    /// Fails when `api_keys_file` is set and cannot be read. `shared_store`: the connected
+    /// store `prototype_store` names, if any.
+    pub fn new(
+        config: Config,
+        shared_store: Option<Arc<crate::pgstore::SharedStore>>,
+    ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let api_keys = match config.api_keys_file.trim() {
             "" => None,
             path => Some(Arc::new(ApiKeys::open(std::path::Path::new(path))?)),
         };
         Ok(AppState {
-            models: Repository::new(config.clone(), metrics.clone()),
+            models: Repository::new(config.clone(), metrics.clone(), shared_store),
             config,
             metrics,
             draining: std::sync::atomic::AtomicBool::new(false),

@@ -19,7 +19,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{body, ApiError, ModelName};
-use crate::reload::{Change, Changed, ReloadOutcome, Reloader, Trigger};
+use crate::reload::{Change, ChangeFailed, Changed, ReloadOutcome, Reloader, Trigger};
 use crate::state::{AppState, Serving, TokenError};
 
 /// The model the route names (the default one if none), once the bearer token checks out.
@@ -50,7 +50,7 @@ fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         (status = 422, description = "The file is invalid; the previous version keeps serving", body = crate::http::error::ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = crate::http::error::ErrorBody),
         (status = 403, description = "No admin token configured", body = crate::http::error::ErrorBody),
-        (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
+        (status = 503, description = "Still loading, or the shared prototype store is unreachable (nothing was changed)", body = crate::http::error::ErrorBody)
     ))]
 /// `POST /admin/reload`: re-read the prototypes file now.
 pub async fn admin_reload(
@@ -70,6 +70,7 @@ pub async fn admin_reload(
         Ok(ReloadOutcome::Unchanged { version }) => {
             json!({"result": "unchanged", "version": version})
         }
+        Err(e @ ChangeFailed::Store(_)) => return Err(e.into()),
         Err(e) => {
             return Err(ApiError::InvalidPrototypes(format!(
                 "the prototypes file was rejected ({e}); the previous version is still served"
@@ -101,7 +102,7 @@ pub async fn admin_reload(
         (status = 422, description = "An image cannot be decoded, or too many classes", body = crate::http::error::ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = crate::http::error::ErrorBody),
         (status = 403, description = "No admin token configured", body = crate::http::error::ErrorBody),
-        (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
+        (status = 503, description = "Still loading, or the shared prototype store is unreachable (nothing was changed)", body = crate::http::error::ErrorBody)
     ))]
 /// `POST /admin/prototypes/examples?label=NAME[&create=true]`: one image as the body, or
 /// several as multipart; each goes through the same decoding, encoder and batches as
@@ -164,7 +165,7 @@ pub async fn learn_examples(
         (status = 409, description = "The only class", body = crate::http::error::ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = crate::http::error::ErrorBody),
         (status = 403, description = "No admin token configured", body = crate::http::error::ErrorBody),
-        (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
+        (status = 503, description = "Still loading, or the shared prototype store is unreachable (nothing was changed)", body = crate::http::error::ErrorBody)
     ))]
 /// `DELETE /admin/prototypes/classes/{name}`.
 pub async fn remove_class(
@@ -196,7 +197,7 @@ pub async fn remove_class(
         (status = 404, description = "No kept version with that id", body = crate::http::error::ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = crate::http::error::ErrorBody),
         (status = 403, description = "No admin token configured", body = crate::http::error::ErrorBody),
-        (status = 503, description = "Still loading", body = crate::http::error::ErrorBody)
+        (status = 503, description = "Still loading, or the shared prototype store is unreachable (nothing was changed)", body = crate::http::error::ErrorBody)
     ))]
 /// `POST /admin/prototypes/rollback?version=ID`.
 pub async fn rollback(

@@ -102,6 +102,8 @@ api_errors! {
     ModelNotLoaded => NOT_FOUND, "model_not_loaded";
     /// A model load that failed, or an unload that is not allowed.
     ModelRefused => CONFLICT, "model_refused";
+    /// The shared prototype store is unreachable: nothing was changed (with Retry-After).
+    StoreUnavailable => SERVICE_UNAVAILABLE, "store_unavailable";
     /// The endpoint does not take this method.
     MethodNotAllowed => METHOD_NOT_ALLOWED, "method_not_allowed";
     /// The request's deadline (timeout_ms, request_timeout_ms) passed before its answer.
@@ -151,7 +153,7 @@ impl IntoResponse for ApiError {
         let body = Json(json!({ "error": error }));
         let mut response = (status, body).into_response();
         match self {
-            ApiError::QueueFull(_) | ApiError::NotReady(_) => {
+            ApiError::QueueFull(_) | ApiError::NotReady(_) | ApiError::StoreUnavailable(_) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -194,6 +196,7 @@ impl From<ChangeFailed> for ApiError {
                 Refusal::BadFeatures(_) => ApiError::InvalidImage(message),
             },
             ChangeFailed::UnknownVersion(_) => ApiError::UnknownVersion(message),
+            ChangeFailed::Store(_) => ApiError::StoreUnavailable(message),
             ChangeFailed::Invalid(_) | ChangeFailed::Storage(_) => ApiError::Internal(message),
         }
     }

@@ -59,6 +59,7 @@ pub async fn model(
         "encoder_variant": serving.manifest.variant,
         "encoder_variants": serving.manifest.variants,
         "prototypes_version": protos.version,
+        "prototype_store": serving.reloader.store_shown(),
         "prototypes_default_rule": protos.default_rule,
         "default_rule": c.default_rule,
         "default_prior": serving.default_prior,
@@ -201,8 +202,7 @@ pub async fn versions(
     let reloader = serving.reloader.clone();
     let mut entries = tokio::task::spawn_blocking(move || reloader.versions())
         .await
-        .map_err(|e| ApiError::Internal(format!("cannot read the history: {e}")))?
-        .map_err(|e| ApiError::Internal(format!("cannot read the history: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("cannot read the history: {e}")))??;
     entries.reverse();
     Ok(Json(json!({
         "current": serving.store.snapshot().version,

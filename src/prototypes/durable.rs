@@ -56,6 +56,24 @@ pub enum Cause {
     Rollback,
 }
 
+impl Cause {
+    /// The name stored (in `history.json` and the shared store).
+    pub fn key(self) -> &'static str {
+        match self {
+            Cause::File => "file",
+            Cause::Learned => "learned",
+            Cause::Deleted => "deleted",
+            Cause::Rollback => "rollback",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Cause> {
+        [Cause::File, Cause::Learned, Cause::Deleted, Cause::Rollback]
+            .into_iter()
+            .find(|c| c.key() == key)
+    }
+}
+
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -75,6 +93,12 @@ pub struct VersionEntry {
     pub time: String,
     pub cause: Cause,
     pub classes: usize,
+    /// The version it replaced (the shared store records it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The replica that made it, host name and process id (the shared store records it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// The kept versions of one prototypes file.
@@ -130,6 +154,8 @@ impl History {
             time: rfc3339(SystemTime::now()),
             cause,
             classes,
+            parent: None,
+            replica: None,
         };
         entries.push(entry.clone());
         let dropped: Vec<VersionEntry> = if entries.len() > self.keep {

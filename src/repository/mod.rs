@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::manifest::ModelManifest;
+use crate::pgstore::SharedStore;
 use crate::reload::{self, Watchers};
 use crate::serving::{self, Serving};
 use crate::telemetry::Metrics;
@@ -95,6 +96,8 @@ pub struct Repository {
     /// The default model's name, once its manifest has been read.
     default: RwLock<Option<String>>,
     models: RwLock<BTreeMap<String, Slot>>,
+    /// The shared prototype store every model's versions live in, if `prototype_store` names one.
+    shared_store: Option<Arc<SharedStore>>,
     /// Serialises loads and unloads (never lookups).
     changes: tokio::sync::Mutex<()>,
     /// Set once the models asked for at start have been loaded (or have failed).
@@ -102,8 +105,13 @@ pub struct Repository {
 }
 
 impl Repository {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        shared_store: Option<Arc<SharedStore>>,
+    ) -> Self {
         Repository {
+            shared_store,
             admission: Arc::new(tokio::sync::Semaphore::new(config.queue_capacity)),
             config,
             metrics,
@@ -281,16 +289,19 @@ impl Repository {
 
     /// Loads a model folder on a blocking thread (the others keep serving meanwhile).
     async fn load_from(&self, dir: &Path) -> anyhow::Result<Serving> {
-        let (config, metrics, admission) = (
+        let (config, metrics, admission, shared) = (
             self.config.clone(),
             self.metrics.clone(),
             self.admission.clone(),
+            self.shared_store.clone(),
         );
         let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || serving::load(&config, &dir, metrics, admission))
-            .await
-            .map_err(|e| anyhow::anyhow!("model loading panicked: {e}"))
-            .and_then(|r| r)
+        tokio::task::spawn_blocking(move || {
+            serving::load(&config, &dir, metrics, admission, shared)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("model loading panicked: {e}"))
+        .and_then(|r| r)
     }
 
     /// Takes `name` out of service at once, then frees it once its admitted requests are

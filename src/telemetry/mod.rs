@@ -52,6 +52,7 @@ pub(crate) struct PerModel {
     pub(crate) classes: IntGaugeVec,
     pub(crate) prototype_versions_written: IntCounterVec,
     pub(crate) prototype_rollbacks: IntCounterVec,
+    pub(crate) prototype_store_up: IntGaugeVec,
     pub(crate) prototype_version_mismatches: IntCounterVec,
     pub(crate) abstention_decisions: IntCounterVec,
     pub(crate) prediction_set_size: HistogramVec,
@@ -192,6 +193,11 @@ impl Metrics {
             prototype_versions_written: counters(
                 "proco_prototype_versions_written_total",
                 "Prototype versions the server wrote itself (learned, deleted, rollback)",
+                model,
+            ),
+            prototype_store_up: int_gauges(
+                "proco_prototype_store_up",
+                "1 while the shared prototype store (prototype_store = postgres://...) is reachable and followed, 0 while not; absent with the file store",
                 model,
             ),
             prototype_rollbacks: counters(

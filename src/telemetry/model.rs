@@ -92,6 +92,14 @@ impl ModelMetrics {
         self.prototypes_info.with_label_values(&[current]).set(1.0);
     }
 
+    /// The shared store's reachability, a series created only where one is used.
+    pub fn prototype_store_up(&self) -> IntGauge {
+        self.all
+            .per_model
+            .prototype_store_up
+            .with_label_values(&[self.model.as_str()])
+    }
+
     /// Removes every series of this model (it was unloaded).
     pub fn forget(&self) {
         let m = &self.all.per_model;
@@ -114,6 +122,7 @@ impl ModelMetrics {
         forget(&m.classes, &self.model);
         forget(&m.prototype_versions_written, &self.model);
         forget(&m.prototype_rollbacks, &self.model);
+        forget(&m.prototype_store_up, &self.model);
         forget(&m.prototype_version_mismatches, &self.model);
         forget(&m.abstention_decisions, &self.model);
         forget(&m.prediction_set_size, &self.model);

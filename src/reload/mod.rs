@@ -11,14 +11,20 @@
 //! triggers a read; the content hash decides whether anything really changed, so an invalid
 //! file is reported once, not every tick.
 
+mod shared;
+mod watch;
+
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
 use crate::prototypes::change::{self, ChangeError};
 use crate::prototypes::durable::{self, Cause, History, VersionEntry};
 use crate::prototypes::{PrototypeError, PrototypeStore, Prototypes};
+
+pub use crate::pgstore::StoreError;
+pub use shared::Shared;
+pub use watch::{listen_for_hangup, spawn_watchers, Hangup, Watchers};
 
 pub use crate::prototypes::change::ChangeError as Refusal;
 pub use crate::prototypes::ReloadOutcome;
@@ -67,6 +73,9 @@ pub enum ChangeFailed {
     Invalid(#[from] PrototypeError),
     #[error("cannot store the new prototypes: {0}")]
     Storage(#[from] std::io::Error),
+    /// The shared store is unreachable (503: try again when it is back).
+    #[error("{0}; nothing was changed")]
+    Store(#[from] StoreError),
 }
 
 /// What a change did.
@@ -85,34 +94,50 @@ pub struct Reloader {
     /// `None` when the history is switched off (`prototype_history = 0`).
     history: Option<History>,
     max_classes: usize,
+    /// With `prototype_store = "postgres://..."`: the store the versions live in, which every
+    /// change goes through and which this replica follows.
+    shared: Option<Shared>,
     /// SHA-256 of the bytes last read from or written to the file, under the one lock.
     last_read: Mutex<Option<[u8; 32]>>,
 }
 
 impl Reloader {
     /// `keep`: versions kept in the history (0: none); `max_classes`: the most classes a
-    /// change may create.
+    /// change may create; `shared`: the shared store, if any (then the history is the store's).
     pub fn new(
         store: Arc<PrototypeStore>,
         metrics: Arc<ModelMetrics>,
         keep: usize,
         max_classes: usize,
+        shared: Option<Shared>,
     ) -> Self {
         let initial = std::fs::read(store.path()).ok().map(|b| digest(&b));
-        let history = (keep > 0).then(|| History::beside(store.path(), keep));
+        let history = (keep > 0 && shared.is_none()).then(|| History::beside(store.path(), keep));
         Reloader {
             store,
             metrics,
             history,
             max_classes,
+            shared,
             last_read: Mutex::new(initial),
         }
     }
 
-    /// The kept versions, oldest first.
-    pub fn versions(&self) -> std::io::Result<Vec<VersionEntry>> {
+    /// Where the versions live, for people: `file` or the shared store's URL without password.
+    pub fn store_shown(&self) -> String {
+        match &self.shared {
+            Some(shared) => shared.store.shown().to_string(),
+            None => "file".to_string(),
+        }
+    }
+
+    /// The kept versions, oldest first. Blocking.
+    pub fn versions(&self) -> Result<Vec<VersionEntry>, ChangeFailed> {
+        if let Some(shared) = &self.shared {
+            return shared.versions();
+        }
         match &self.history {
-            Some(h) => h.list(),
+            Some(h) => Ok(h.list()?),
             None => Ok(Vec::new()),
         }
     }
@@ -139,6 +164,9 @@ impl Reloader {
 
     pub fn apply(&self, change: Change) -> Result<Changed, ChangeFailed> {
         let mut last_read = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = &self.shared {
+            return self.apply_shared(shared, change);
+        }
         let current = self.store.snapshot();
         let (bytes, cause, created, learned) = self.changed_bytes(&current, change)?;
         let protos = self.store.check(&bytes)?;
@@ -151,6 +179,25 @@ impl Reloader {
             h.record(&bytes, &version, cause, classes)?;
         }
         let outcome = self.store.swap(protos);
+        let saved = format!("saved to {}", self.store.path().display());
+        self.announce(&outcome, cause, created, learned, &saved);
+        Ok(Changed {
+            outcome,
+            classes,
+            created,
+        })
+    }
+
+    /// The metrics and the log line of a change made here.
+    fn announce(
+        &self,
+        outcome: &ReloadOutcome,
+        cause: Cause,
+        created: bool,
+        learned: Option<(String, u64)>,
+        saved: &str,
+    ) {
+        let classes = self.store.snapshot().classes.num_classes();
         self.metrics.prototype_versions_written.inc();
         self.metrics.classes.set(classes as i64);
         let what = match &learned {
@@ -169,18 +216,12 @@ impl Reloader {
         if cause == Cause::Rollback {
             self.metrics.prototype_rollbacks.inc();
         }
-        if let ReloadOutcome::Swapped { previous, current } = &outcome {
+        if let ReloadOutcome::Swapped { previous, current } = outcome {
             self.metrics.set_prototypes_version(Some(previous), current);
             tracing::info!(
-                "{what}: now serving prototypes version {current} (was {previous}), {classes} classes, saved to {}",
-                self.store.path().display()
+                "{what}: now serving prototypes version {current} (was {previous}), {classes} classes, {saved}"
             );
         }
-        Ok(Changed {
-            outcome,
-            classes,
-            created,
-        })
     }
 
     /// The new file's bytes for `change`, its cause, whether a class was created, and for
@@ -242,14 +283,14 @@ impl Reloader {
 
     /// Re-reads the prototypes file and swaps it in if valid and new. Blocking (file I/O and
     /// validation): call it from a blocking context.
-    pub fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, PrototypeError> {
+    pub fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, ChangeFailed> {
         self.reload_if(trigger, false)
             .expect("an unconditional reload always has a result")
     }
 
     /// A reload for the file poller: `None` when the bytes are the ones last read (an invalid
     /// file is reported once, not on every tick).
-    fn reload_if_changed(&self) -> Option<Result<ReloadOutcome, PrototypeError>> {
+    fn reload_if_changed(&self) -> Option<Result<ReloadOutcome, ChangeFailed>> {
         self.reload_if(Trigger::FileChange, true)
     }
 
@@ -257,24 +298,42 @@ impl Reloader {
         &self,
         trigger: Trigger,
         only_if_changed: bool,
-    ) -> Option<Result<ReloadOutcome, PrototypeError>> {
+    ) -> Option<Result<ReloadOutcome, ChangeFailed>> {
         let mut last_read = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
         let path = self.store.path();
         let result = match std::fs::read(path) {
             Ok(bytes) => {
                 let hash = digest(&bytes);
-                if only_if_changed && *last_read == Some(hash) {
+                let same = *last_read == Some(hash);
+                if only_if_changed && same {
                     return None;
                 }
-                *last_read = Some(hash);
-                self.reload_bytes(&bytes)
+                match &self.shared {
+                    // With a shared store the file is an input: only content not read before is
+                    // published, so that a reload never reverts what was changed through the store.
+                    Some(_) if same => Ok(ReloadOutcome::Unchanged {
+                        version: self.store.snapshot().version.clone(),
+                    }),
+                    Some(shared) => {
+                        let published = self.publish_file(shared, &bytes);
+                        if !matches!(published, Err(ChangeFailed::Store(_))) {
+                            *last_read = Some(hash);
+                        }
+                        published
+                    }
+                    None => {
+                        *last_read = Some(hash);
+                        self.reload_bytes(&bytes).map_err(ChangeFailed::from)
+                    }
+                }
             }
             // Missing for a moment (being replaced by rename): the poller tries again.
             Err(_) if only_if_changed => return None,
             Err(source) => Err(PrototypeError::Io {
                 path: path.to_path_buf(),
                 source,
-            }),
+            }
+            .into()),
         };
         self.record(trigger, &result);
         Some(result)
@@ -320,7 +379,7 @@ impl Reloader {
         Ok(())
     }
 
-    fn record(&self, trigger: Trigger, result: &Result<ReloadOutcome, PrototypeError>) {
+    fn record(&self, trigger: Trigger, result: &Result<ReloadOutcome, ChangeFailed>) {
         let path = self.store.path().display();
         let count = |result: &str| {
             self.metrics
@@ -339,7 +398,14 @@ impl Reloader {
             Ok(ReloadOutcome::Unchanged { version }) => {
                 count("unchanged");
                 tracing::info!(
-                    "{trigger}: {path} still holds version {version}; nothing to reload"
+                    "{trigger}: {path} holds nothing new; still serving version {version}"
+                );
+            }
+            Err(e @ ChangeFailed::Store(_)) => {
+                count("unavailable");
+                tracing::error!(
+                    "{trigger}: cannot publish {path}: {e}; still serving version {}",
+                    self.store.snapshot().version
                 );
             }
             Err(e) => {
@@ -355,91 +421,4 @@ impl Reloader {
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
-}
-
-#[derive(PartialEq, Eq, Clone)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-fn stamp(path: &std::path::Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
-}
-
-/// The SIGHUP stream, taken before the model loads: until a handler is installed, SIGHUP's
-/// default action ends the process.
-#[cfg(unix)]
-pub type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-pub type Hangup = ();
-
-/// Installs the SIGHUP handler (call early, inside the runtime).
-pub fn listen_for_hangup() -> Hangup {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGHUP: {e}");
-                None
-            }
-        }
-    }
-}
-
-/// The tasks watching one model's prototypes; dropping it stops them (a model being unloaded).
-#[derive(Default)]
-pub struct Watchers(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for Watchers {
-    fn drop(&mut self) {
-        self.0.iter().for_each(tokio::task::JoinHandle::abort);
-    }
-}
-
-/// Starts the file poller (every `poll`; never if zero) and the SIGHUP listener.
-pub fn spawn_watchers(reloader: Arc<Reloader>, poll: Duration, hangup: Hangup) -> Watchers {
-    let mut tasks = Vec::new();
-    if !poll.is_zero() {
-        tasks.push(tokio::spawn(poll_file(reloader.clone(), poll)));
-    }
-    #[cfg(unix)]
-    if let Some(mut hup) = hangup {
-        tasks.push(tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                let r = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || r.reload(Trigger::Sighup)).await;
-            }
-        }));
-    }
-    #[cfg(not(unix))]
-    let _ = hangup;
-    Watchers(tasks)
-}
-
-async fn poll_file(reloader: Arc<Reloader>, every: Duration) {
-    let path = reloader.store.path().to_path_buf();
-    let mut last_stamp = stamp(&path);
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let now = stamp(&path);
-        if now == last_stamp {
-            continue;
-        }
-        last_stamp = now;
-        let r = reloader.clone();
-        let read = tokio::task::spawn_blocking(move || r.reload_if_changed()).await;
-        if !path.exists() || read.is_err() {
-            // Missing for a moment (being replaced) or unreadable: look again next tick.
-            last_stamp = None;
-        }
-    }
 }
