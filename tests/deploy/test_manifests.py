@@ -28,16 +28,24 @@ def base_docs() -> list:
     return docs
 
 
-def gpu_docs() -> list:
-    kust = yaml.safe_load((DEPLOY / "k8s/overlays/gpu/kustomization.yaml").read_text())
+def overlay_docs(name: str) -> list:
+    kust = yaml.safe_load((DEPLOY / f"k8s/overlays/{name}/kustomization.yaml").read_text())
     assert kust["resources"] == ["../../base"]
     docs = copy.deepcopy(base_docs())
     for p in kust["patches"]:
-        ops = yaml.safe_load((DEPLOY / "k8s/overlays/gpu" / p["path"]).read_text())
+        ops = yaml.safe_load((DEPLOY / f"k8s/overlays/{name}" / p["path"]).read_text())
         for i, d in enumerate(docs):
             if d["kind"] == p["target"]["kind"] and d["metadata"]["name"] == p["target"]["name"]:
                 docs[i] = jsonpatch.apply_patch(d, ops)
     return docs
+
+
+def gpu_docs() -> list:
+    return overlay_docs("gpu")
+
+
+def replicas_docs() -> list:
+    return overlay_docs("replicas")
 
 
 def one(docs, kind):
@@ -54,7 +62,8 @@ def port_of(addr: str) -> int:
 
 
 def core_docs():
-    return [(n, d) for n, docs in (("base", base_docs()), ("gpu", gpu_docs())) for d in docs if d["kind"] not in CUSTOM]
+    overlays = (("base", base_docs()), ("gpu", gpu_docs()), ("replicas", replicas_docs()))
+    return [(n, d) for n, docs in overlays for d in docs if d["kind"] not in CUSTOM]
 
 
 @pytest.mark.parametrize("name,doc", core_docs(), ids=lambda x: x if isinstance(x, str) else x["kind"])
@@ -64,8 +73,9 @@ def test_core_kinds_valid_for_kubernetes_version(name, doc):
 
 def test_every_env_var_is_a_server_setting():
     text = help_text()
-    d = one(base_docs(), "Deployment")
-    for c in [d["spec"]["template"]["spec"]["containers"][0], *load_yaml_all(DEPLOY / "kserve/servingruntime.yaml")[0]["spec"]["containers"]]:
+    deployments = [one(docs, "Deployment") for docs in (base_docs(), gpu_docs(), replicas_docs())]
+    containers = [d["spec"]["template"]["spec"]["containers"][0] for d in deployments]
+    for c in [*containers, *load_yaml_all(DEPLOY / "kserve/servingruntime.yaml")[0]["spec"]["containers"]]:
         for name in env_of(c):
             assert f"[env: {name}" in text, f"{name} is not a proco-serve setting"
 
@@ -145,6 +155,17 @@ def test_gpu_overlay():
     assert "cuda" in help_text().split("--execution-provider <EXECUTION_PROVIDER>")[1].split("\n")[1]
 
 
+def test_replicas_overlay():
+    """Three replicas, the store's URL from a Secret (never a literal), history kept in it."""
+    d = one(replicas_docs(), "Deployment")
+    assert d["spec"]["replicas"] == 3
+    env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PROCO_PROTOTYPE_STORE"]["valueFrom"]["secretKeyRef"] == {"name": "proco-prototype-store", "key": "url"}
+    assert "value" not in env["PROCO_PROTOTYPE_STORE"]
+    assert int(env["PROCO_PROTOTYPE_HISTORY"]["value"]) > 0
+    assert "PROCO_PROTOTYPE_STORE" not in env_of(one(base_docs(), "Deployment")["spec"]["template"]["spec"]["containers"][0])
+
+
 def test_servicemonitor(server):
     docs = base_docs()
     sm = one(docs, "ServiceMonitor")
@@ -197,7 +218,7 @@ def test_kserve(server):
 
 
 @pytest.mark.skipif(not __import__("shutil").which("kubectl"), reason="kubectl not installed")
-@pytest.mark.parametrize("where,loader", [("k8s/base", base_docs), ("k8s/overlays/gpu", gpu_docs)])
+@pytest.mark.parametrize("where,loader", [("k8s/base", base_docs), ("k8s/overlays/gpu", gpu_docs), ("k8s/overlays/replicas", replicas_docs)])
 def test_kustomize_renders_what_the_tests_check(where, loader):
     import subprocess
     out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / where)], capture_output=True, text=True, check=True).stdout
