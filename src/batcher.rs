@@ -29,6 +29,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::encoder::{Encode, EncoderOutput};
 use crate::engine::{Engine, RequestOptions, Scored};
 use crate::prototypes::{PrototypeStore, Prototypes};
+use crate::telemetry::traces::TARGET;
 use crate::telemetry::ModelMetrics;
 use crate::vmf::Rule;
 
@@ -75,6 +76,39 @@ struct Work {
     images: Vec<Vec<f32>>,
     purpose: Purpose,
     enqueued: Instant,
+    trace: JobTrace,
+}
+
+/// A job's place in its request's trace (`crate::telemetry::traces`): the request's span, and
+/// the span of the job's wait, closed when its batch starts. Disabled spans without an
+/// `otlp_endpoint`.
+struct JobTrace {
+    request: tracing::Span,
+    queued: Option<tracing::Span>,
+}
+
+impl JobTrace {
+    /// Opens the queue span under the request span current here.
+    fn enqueued(images: usize) -> JobTrace {
+        let request = tracing::Span::current();
+        let queued = tracing::info_span!(target: TARGET, parent: &request, "queue", proco.images = images as i64);
+        JobTrace {
+            request,
+            queued: Some(queued),
+        }
+    }
+
+    /// A span for one stage of the batch the job rides in, under the request's span.
+    fn stage(&self, stage: &'static str, batch_size: usize, batch_jobs: usize) -> tracing::Span {
+        tracing::info_span!(
+            target: TARGET,
+            parent: &self.request,
+            "batch stage",
+            otel.name = stage,
+            proco.batch.size = batch_size as i64,
+            proco.batch.jobs = batch_jobs as i64,
+        )
+    }
 }
 
 struct Job {
@@ -208,6 +242,7 @@ impl Batcher {
         self.metrics.queue_depth.add(n);
         let job = Job {
             work: Work {
+                trace: JobTrace::enqueued(images.len()),
                 images,
                 purpose,
                 enqueued: Instant::now(),
@@ -252,14 +287,23 @@ fn process(
     }
     let batch = Array4::from_shape_vec((total, 3, h, w), flat)
         .map_err(|e| format!("bad input tensor: {e}"))?;
+    let stage = |name| -> Vec<tracing::Span> {
+        jobs.iter()
+            .map(|j| j.trace.stage(name, total, jobs.len()))
+            .collect()
+    };
     let t0 = Instant::now();
+    let spans = stage("inference");
     let out = encode_in_chunks(encoder, batch, shared.config.max_batch_size)?;
+    drop(spans);
     let inference = t0.elapsed();
     metrics.inference_duration.observe(inference.as_secs_f64());
 
     let t1 = Instant::now();
+    let spans = stage("posterior");
     let available = prototypes.available_rules();
     let scored = score_jobs(jobs, &out, &prototypes, &available, shared)?;
+    drop(spans);
     let posterior = t1.elapsed();
     metrics.posterior_duration.observe(posterior.as_secs_f64());
 

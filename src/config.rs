@@ -160,6 +160,10 @@ settings! {
     shutdown_timeout_ms: u64 = 30_000, env "PROCO_SHUTDOWN_TIMEOUT_MS";
     /// Tests only: a request with the header X-Proco-Fault: panic makes its handler panic, to show that a fault is contained (500, the server goes on)
     fault_injection: bool = false, env "PROCO_FAULT_INJECTION";
+    /// Base URL of an OTLP/HTTP trace receiver, e.g. http://collector:4318 (spans go to /v1/traces): one trace per request, child of an incoming W3C traceparent (empty: no traces)
+    otlp_endpoint: String = String::new(), env "PROCO_OTLP_ENDPOINT";
+    /// Share of the traces started here that are exported, in [0, 1]; a request with a traceparent follows its caller's sampling decision
+    trace_sample_ratio: f64 = 1.0, env "PROCO_TRACE_SAMPLE_RATIO";
     /// One line per request in the log: text | json | off
     access_log: AccessLogFormat = AccessLogFormat::Text, env "PROCO_ACCESS_LOG";
     /// Log filter: error | warn | info | debug | trace, or a tracing directive
@@ -216,8 +220,25 @@ impl Config {
         }
     }
 
+    /// The trace export `otlp_endpoint` asks for, if any.
+    pub fn trace_export(&self) -> Option<crate::telemetry::traces::TraceExport> {
+        let endpoint = self.otlp_endpoint.trim();
+        (!endpoint.is_empty()).then(|| crate::telemetry::traces::TraceExport {
+            endpoint: endpoint.to_string(),
+            sample_ratio: self.trace_sample_ratio,
+        })
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         self.grpc_addr()?;
+        let endpoint = self.otlp_endpoint.trim();
+        let web = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !web {
+            bail!("otlp_endpoint: expected an http:// or https:// URL like http://collector:4318");
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            bail!("trace_sample_ratio must be in [0, 1]");
+        }
         self.prototype_store_url()?;
         if self.encoder_instances == 0 {
             bail!("encoder_instances must be at least 1");

@@ -11,11 +11,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::infer::RawOptions;
 use crate::oip::codec::{fp32_values, split_bytes_elements, write_output};
 use crate::oip::{self, InferRequest, InputTensor, OipError, RequestedOutput, TensorData};
 use crate::state::{AppState, TokenError};
+use crate::telemetry::traces;
 
 /// The code generated from `proto/inference.proto` by build.rs.
 #[allow(clippy::all, missing_docs)]
@@ -217,10 +219,17 @@ impl GrpcInferenceService for Service {
     ) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
         let deadline = grpc_timeout_ms(request.metadata());
+        let span = infer_span(request.metadata());
         let result = match self.check_api_key(request.metadata()) {
-            Ok(()) => self.infer(request.into_inner(), deadline).await,
+            Ok(()) => {
+                self.infer(request.into_inner(), deadline)
+                    .instrument(span.clone())
+                    .await
+            }
             Err(refused) => Err(refused),
         };
+        let code = result.as_ref().err().map_or(0, |s| s.code() as i32);
+        span.record("rpc.grpc.status_code", code);
         self.record("ModelInfer", started, &result);
         result.map(Response::new)
     }
@@ -245,6 +254,27 @@ impl Service {
             .map_err(status)?;
         Ok(infer_response(answer))
     }
+}
+
+/// The span of one ModelInfer call: the root of its trace, or the child of the caller's
+/// `traceparent` metadata.
+fn infer_span(metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: traces::TARGET,
+        "request",
+        otel.name = "inference.GRPCInferenceService/ModelInfer",
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "inference.GRPCInferenceService",
+        rpc.method = "ModelInfer",
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    let value = |name| metadata.get(name).and_then(|v| v.to_str().ok());
+    traces::adopt(
+        &span,
+        &traces::Carrier::new(value("traceparent"), value("tracestate")),
+    );
+    span
 }
 
 /// The `grpc-timeout` header (an integer and a unit: H, M, S, m, u or n) in milliseconds.

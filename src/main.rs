@@ -54,7 +54,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    proco_serve::telemetry::init_logging(&config.log_level);
+    let traces = match proco_serve::telemetry::init_telemetry(
+        &config.log_level,
+        config.trace_export().as_ref(),
+    ) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("proco-serve: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,6 +81,8 @@ fn main() -> std::process::ExitCode {
     });
     // In-flight requests are answered by now; don't wait on idle background tasks.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    // Exports the spans still queued.
+    drop(traces);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -49,10 +49,12 @@ pub(super) fn run(
         }
         let images: usize = jobs.iter().map(|j| j.work.images.len()).sum();
         shared.metrics.queue_depth.sub(images as i64);
-        let (work, replies): (Vec<Work>, Vec<_>) = jobs
+        let (mut work, replies): (Vec<Work>, Vec<_>) = jobs
             .into_iter()
             .map(|j| (j.work, (j.reply, j.admission)))
             .unzip();
+        // Their wait in the queue ends here.
+        work.iter_mut().for_each(|w| w.trace.queued = None);
         // A panic while processing must not kill the thread: its requests get an error
         // answer, and we carry on with the next batch.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {

@@ -108,6 +108,8 @@ pub struct Line<'a> {
     pub bytes_out: Option<u64>,
     pub seconds: f64,
     pub request_id: &'a str,
+    /// The W3C trace id of the request (its traceparent's, or the trace exported for it).
+    pub trace_id: Option<&'a str>,
     pub info: Option<&'a AccessInfo>,
     /// The API key's name, when keys are required.
     pub key: Option<&'a str>,
@@ -121,10 +123,11 @@ impl Line<'_> {
             Format::Off => {}
             Format::Text => tracing::info!(
                 target: "proco_serve::access",
-                "{} {} {} in={} out={} {:.2}ms model={} images={} batch={} rule={} prior={} prototypes={} key={} id={}",
+                "{} {} {} in={} out={} {:.2}ms model={} images={} batch={} rule={} prior={} prototypes={} key={} id={} trace={}",
                 self.method, self.route, self.status, self.bytes_in, bytes_out,
                 self.seconds * 1e3, dash(&info.model), info.images, info.batch_size, dash(&info.rule),
-                dash(&info.prior), dash(&info.prototypes_version), self.key.unwrap_or("-"), self.request_id
+                dash(&info.prior), dash(&info.prototypes_version), self.key.unwrap_or("-"), self.request_id,
+                self.trace_id.unwrap_or("-")
             ),
             Format::Json => tracing::info!(
                 target: "proco_serve::access",
@@ -135,7 +138,7 @@ impl Line<'_> {
                     "duration_ms": self.seconds * 1e3, "model": info.model, "images": info.images,
                     "batch_size": info.batch_size, "rule": info.rule, "prior": info.prior,
                     "prototypes_version": info.prototypes_version, "key": self.key,
-                    "request_id": self.request_id,
+                    "request_id": self.request_id, "trace_id": self.trace_id,
                 })
             ),
         }

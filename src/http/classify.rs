@@ -179,6 +179,7 @@ pub async fn classify(
     let inputs = images.infer_inputs();
     let show_posterior = options.options.posterior;
     let classified = serving.infer.classify(inputs, options).await?;
+    let _responding = tracing::info_span!(target: crate::telemetry::traces::TARGET, "response");
     let answers = answers(
         &serving,
         classified,

@@ -43,7 +43,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use tracing::Instrument;
+
 use crate::state::AppState;
+use crate::telemetry::traces;
 pub use error::ApiError;
 
 /// The application's routes. Body size limits are enforced by the handlers themselves
@@ -305,11 +308,24 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let span = request_span(&method, &route, &id);
+    let trace_id = {
+        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let carrier = traces::Carrier::new(header("traceparent"), header("tracestate"));
+        traces::adopt(&span, &carrier);
+        traces::trace_id(&span, &carrier)
+    };
     let mut response = access::REQUEST_ID
         .scope(id.clone(), next.run(request))
+        .instrument(span.clone())
         .await;
     access::tag(&mut response, &id);
     let status = response.status().as_u16();
+    record_answer(
+        &span,
+        status,
+        response.extensions().get::<access::AccessInfo>(),
+    );
     let metrics = &state.metrics;
     metrics
         .http_requests
@@ -331,6 +347,7 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         bytes_out: axum::body::HttpBody::size_hint(response.body()).exact(),
         seconds,
         request_id: &id,
+        trace_id: trace_id.as_deref(),
         info: response.extensions().get::<access::AccessInfo>(),
         key: response
             .extensions()
@@ -339,4 +356,34 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
     }
     .write(state.config.access_log);
     response
+}
+
+/// The span of one HTTP request: the root of its trace, or the child of the caller's.
+fn request_span(method: &str, route: &str, id: &str) -> tracing::Span {
+    tracing::info_span!(
+        target: traces::TARGET,
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        request.id = %id,
+        proco.model = tracing::field::Empty,
+        proco.images = tracing::field::Empty,
+        proco.batch_size = tracing::field::Empty,
+        proco.prototypes_version = tracing::field::Empty,
+    )
+}
+
+/// What the answer was, on the request's span.
+fn record_answer(span: &tracing::Span, status: u16, info: Option<&access::AccessInfo>) {
+    // As i64: OpenTelemetry's integer attribute (unsigned values would arrive as strings).
+    span.record("http.response.status_code", i64::from(status));
+    if let Some(info) = info {
+        span.record("proco.model", info.model.as_str());
+        span.record("proco.images", info.images as i64);
+        span.record("proco.batch_size", info.batch_size as i64);
+        span.record("proco.prototypes_version", info.prototypes_version.as_str());
+    }
 }

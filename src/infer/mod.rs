@@ -24,6 +24,7 @@ use crate::engine::{Engine, PriorName, RequestOptions};
 use crate::manifest::ModelManifest;
 use crate::preprocess::{self, DecodeLimits};
 use crate::prototypes::PrototypeStore;
+use crate::telemetry::traces::TARGET;
 use crate::telemetry::ModelMetrics;
 
 pub use crate::batcher::{JobResult, Readiness};
@@ -221,6 +222,9 @@ impl Infer {
         // the work is really done, even if the request ends early with an error.
         let admission = Arc::new(self.admit(images.len())?);
 
+        // Open while the images decode (on blocking threads, in parallel).
+        let decoding =
+            tracing::info_span!(target: TARGET, "decode", proco.images = images.len() as i64);
         let mut tasks = Vec::with_capacity(images.len());
         for image in &images {
             let (bytes, admission) = (image.bytes.clone(), admission.clone());
@@ -251,6 +255,7 @@ impl Infer {
             tensors.push(tensor);
             decode.push(took);
         }
+        drop(decoding);
 
         self.submit(tensors, purpose, admission, decode).await
     }

@@ -323,5 +323,6 @@ pub async fn infer(
             ))
         }
     };
+    let _responding = tracing::info_span!(target: crate::telemetry::traces::TARGET, "response");
     Ok(response::response(serving, id, classified, &wanted, n))
 }

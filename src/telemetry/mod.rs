@@ -12,8 +12,9 @@ use prometheus::{
 
 mod logging;
 mod model;
+pub mod traces;
 
-pub use logging::{init_logging, AccessLogFormat};
+pub use logging::{init_logging, init_telemetry, AccessLogFormat};
 use model::label;
 pub use model::{Labelled, ModelMetrics};
 

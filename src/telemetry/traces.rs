@@ -1,0 +1,182 @@
+//! Traces over OTLP (`otlp_endpoint`): one trace per request, with child spans for its queue
+//! wait, decoding, the encoder run (with the batch it rode in), the posterior and the response.
+//!
+//! The spans are ordinary `tracing` spans with the target [`TARGET`]; `tracing-opentelemetry`
+//! turns them into OpenTelemetry spans, and the SDK's batch processor exports them over
+//! OTLP/HTTP (protobuf) from a thread of its own, so a slow or absent collector never holds up
+//! a request (spans beyond its queue are dropped). The log never shows these spans. With no
+//! endpoint the spans are disabled at their call sites, which costs next to nothing.
+//!
+//! An incoming W3C `traceparent` (an HTTP header, or gRPC metadata) makes the request's span
+//! its child, and the sampler follows the caller's decision; a request without one starts a
+//! trace, kept with probability `trace_sample_ratio`.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The target of every span exported as a trace.
+pub const TARGET: &str = "proco_serve::trace";
+
+/// What `otlp_endpoint` and `trace_sample_ratio` ask for.
+#[derive(Clone, Debug)]
+pub struct TraceExport {
+    /// Base URL of an OTLP/HTTP receiver (`http://collector:4318`); spans go to `/v1/traces`.
+    pub endpoint: String,
+    /// Share of the traces started here that are kept, in [0, 1].
+    pub sample_ratio: f64,
+}
+
+/// Flushes the spans not yet exported when dropped (the server is stopping).
+pub struct TraceGuard(SdkTracerProvider);
+
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.shutdown() {
+            eprintln!("proco-serve: cannot flush the last traces: {e}");
+        }
+    }
+}
+
+/// The exporting provider and the layer that feeds it.
+pub(super) fn provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
+    let endpoint = signal_url(&export.endpoint)?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(endpoint)
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| anyhow::anyhow!("otlp_endpoint: cannot set up the exporter: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("proco-serve")
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            export.sample_ratio,
+        ))))
+        .with_resource(resource)
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+/// The tracer the layer uses, and the guard that flushes at exit.
+pub(super) fn tracer(
+    provider: SdkTracerProvider,
+) -> (opentelemetry_sdk::trace::Tracer, TraceGuard) {
+    let tracer = provider.tracer("proco-serve");
+    (tracer, TraceGuard(provider))
+}
+
+/// `http://host:4318` becomes `http://host:4318/v1/traces`; a URL with a path is kept.
+fn signal_url(endpoint: &str) -> anyhow::Result<String> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("otlp_endpoint: {endpoint:?} is not an http:// or https:// URL")
+        })?;
+    Ok(match rest.find('/') {
+        Some(i) if rest.len() > i + 1 => endpoint.to_string(),
+        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    })
+}
+
+/// W3C trace context as a request carried it.
+#[derive(Default)]
+pub struct Carrier<'a>(HashMap<&'static str, &'a str>);
+
+impl<'a> Carrier<'a> {
+    pub fn new(traceparent: Option<&'a str>, tracestate: Option<&'a str>) -> Self {
+        let mut map = HashMap::new();
+        if let Some(v) = traceparent {
+            map.insert("traceparent", v);
+        }
+        if let Some(v) = tracestate {
+            map.insert("tracestate", v);
+        }
+        Carrier(map)
+    }
+
+    /// The trace id the `traceparent` names, when it is well formed.
+    fn trace_id(&self) -> Option<String> {
+        let cx = TraceContextPropagator::new().extract(self);
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| sc.trace_id().to_string())
+    }
+}
+
+impl Extractor for Carrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).copied()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().copied().collect()
+    }
+}
+
+/// Makes `span` (a request's span, not yet entered) the child of the caller's trace, if any.
+pub fn adopt(span: &tracing::Span, carrier: &Carrier) {
+    if span.is_disabled() || carrier.0.is_empty() {
+        return;
+    }
+    let _ = span.set_parent(TraceContextPropagator::new().extract(carrier));
+}
+
+/// The trace a request belongs to, for its access-log line: its span's trace when traces are
+/// exported, otherwise the one its `traceparent` names.
+pub fn trace_id(span: &tracing::Span, carrier: &Carrier) -> Option<String> {
+    if !span.is_disabled() {
+        let cx = span.context();
+        let otel = cx.span();
+        let sc = otel.span_context();
+        if sc.is_valid() {
+            return Some(sc.trace_id().to_string());
+        }
+    }
+    carrier.trace_id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_get_the_traces_path() {
+        assert_eq!(
+            signal_url("http://collector:4318").unwrap(),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            signal_url("http://collector:4318/").unwrap(),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            signal_url("https://x.example/otlp/v1/traces").unwrap(),
+            "https://x.example/otlp/v1/traces"
+        );
+        assert!(signal_url("collector:4318").is_err());
+    }
+
+    #[test]
+    fn a_traceparent_names_its_trace() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let carrier = Carrier::new(Some(tp), None);
+        assert_eq!(
+            carrier.trace_id().as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(Carrier::new(Some("garbage"), None).trace_id(), None);
+        assert_eq!(
+            trace_id(&tracing::Span::none(), &carrier).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+    }
+}
