@@ -91,15 +91,17 @@ impl JobTrace {
     /// Opens the queue span under the request span current here.
     fn enqueued(images: usize) -> JobTrace {
         let request = tracing::Span::current();
-        let queued = tracing::info_span!(target: TARGET, parent: &request, "queue", proco.images = images as i64);
-        JobTrace {
-            request,
-            queued: Some(queued),
-        }
+        let queued = (!request.is_disabled()).then(|| {
+            tracing::info_span!(target: TARGET, parent: &request, "queue", proco.images = images as i64)
+        });
+        JobTrace { request, queued }
     }
 
     /// A span for one stage of the batch the job rides in, under the request's span.
     fn stage(&self, stage: &'static str, batch_size: usize, batch_jobs: usize) -> tracing::Span {
+        if self.request.is_disabled() {
+            return tracing::Span::none();
+        }
         tracing::info_span!(
             target: TARGET,
             parent: &self.request,

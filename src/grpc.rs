@@ -259,6 +259,11 @@ impl Service {
 /// The span of one ModelInfer call: the root of its trace, or the child of the caller's
 /// `traceparent` metadata.
 fn infer_span(metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let value = |name| metadata.get(name).and_then(|v| v.to_str().ok());
+    let carrier = traces::Carrier::new(value("traceparent"), value("tracestate"));
+    if !traces::should_trace(&carrier) {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         target: traces::TARGET,
         "request",

@@ -236,3 +236,65 @@ fn base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[test]
+fn without_an_exporter_the_access_log_still_names_the_callers_trace() {
+    let server = Server::start(&[]);
+    let r = client()
+        .post(server.url("/v1/classify"))
+        .header("content-type", "image/jpeg")
+        .header("traceparent", format!("00-{TRACE}-{CALLER_SPAN}-01"))
+        .body(any_jpeg())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let line = wait_for_log(&server, &format!("id={id}"));
+    assert!(line.ends_with(&format!("trace={TRACE}")), "{line}");
+    // A malformed traceparent is ignored, not refused.
+    let r = client()
+        .post(server.url("/v1/classify"))
+        .header("content-type", "image/jpeg")
+        .header("traceparent", "00-not-a-trace")
+        .body(any_jpeg())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(wait_for_log(&server, &format!("id={id}")).ends_with("trace=-"));
+}
+
+#[test]
+fn sampling_is_decided_before_any_span_is_made() {
+    let (endpoint, spans) = receiver();
+    let server = Server::start_with_env(
+        &["--otlp-endpoint", &endpoint, "--trace-sample-ratio", "0"],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let sampled = "5bf92f3577b34da6a3ce929d0e0e4737";
+    for traceparent in [
+        None,                                           // ratio 0: not traced
+        Some(format!("00-{TRACE}-{CALLER_SPAN}-00")),   // the caller did not sample
+        Some(format!("00-{sampled}-{CALLER_SPAN}-01")), // the caller sampled: traced
+    ] {
+        let mut request = client()
+            .post(server.url("/v1/classify"))
+            .header("content-type", "image/jpeg")
+            .body(any_jpeg());
+        if let Some(tp) = traceparent {
+            request = request.header("traceparent", tp);
+        }
+        assert_eq!(request.send().unwrap().status(), 200);
+    }
+    let trace = wait_for_trace(&spans, sampled, &["POST /v1/classify", "inference"]);
+    assert_eq!(trace.len(), 1 + STAGES.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let all = spans.lock().unwrap();
+    assert!(
+        all.iter().all(|s| hex(&s.trace_id) == sampled),
+        "only the sampled request was exported: {:?}",
+        all.iter()
+            .map(|s| (&s.name, hex(&s.trace_id)))
+            .collect::<Vec<_>>()
+    );
+}

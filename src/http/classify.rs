@@ -156,7 +156,7 @@ fn ms(d: Duration) -> f64 {
     operation_id = "classify",
     summary = "Classify images: calibrated, prior-adjusted class probabilities",
     description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
-    params(ClassifyQuery),
+    params(ClassifyQuery, ("traceparent" = Option<String>, Header, description = "W3C trace context: with otlp_endpoint set, the request's trace joins the caller's (its id is in the access log either way)")),
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
     responses(ClassifyResponses)
 )]
@@ -179,7 +179,7 @@ pub async fn classify(
     let inputs = images.infer_inputs();
     let show_posterior = options.options.posterior;
     let classified = serving.infer.classify(inputs, options).await?;
-    let _responding = tracing::info_span!(target: crate::telemetry::traces::TARGET, "response");
+    let _responding = crate::stage_span!("response");
     let answers = answers(
         &serving,
         classified,
@@ -223,7 +223,7 @@ pub async fn classify(
     operation_id = "classify_model",
     summary = "Classify images with a named model of the repository",
     description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
-    params(("model" = String, Path, description = "A model of the repository (GET /v1/models)"), ClassifyQuery),
+    params(("model" = String, Path, description = "A model of the repository (GET /v1/models)"), ClassifyQuery, ("traceparent" = Option<String>, Header, description = "W3C trace context: with otlp_endpoint set, the request's trace joins the caller's (its id is in the access log either way)")),
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
     responses(ClassifyResponses)
 )]

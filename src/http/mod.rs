@@ -308,12 +308,17 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let span = request_span(&method, &route, &id);
-    let trace_id = {
+    let (span, trace_id) = {
         let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
         let carrier = traces::Carrier::new(header("traceparent"), header("tracestate"));
+        let span = if traces::should_trace(&carrier) {
+            request_span(&method, &route, &id)
+        } else {
+            tracing::Span::none()
+        };
         traces::adopt(&span, &carrier);
-        traces::trace_id(&span, &carrier)
+        let trace_id = traces::trace_id(&span, &carrier);
+        (span, trace_id)
     };
     let mut response = access::REQUEST_ID
         .scope(id.clone(), next.run(request))

@@ -24,7 +24,6 @@ use crate::engine::{Engine, PriorName, RequestOptions};
 use crate::manifest::ModelManifest;
 use crate::preprocess::{self, DecodeLimits};
 use crate::prototypes::PrototypeStore;
-use crate::telemetry::traces::TARGET;
 use crate::telemetry::ModelMetrics;
 
 pub use crate::batcher::{JobResult, Readiness};
@@ -223,8 +222,7 @@ impl Infer {
         let admission = Arc::new(self.admit(images.len())?);
 
         // Open while the images decode (on blocking threads, in parallel).
-        let decoding =
-            tracing::info_span!(target: TARGET, "decode", proco.images = images.len() as i64);
+        let decoding = crate::stage_span!("decode", proco.images = images.len() as i64);
         let mut tasks = Vec::with_capacity(images.len());
         for image in &images {
             let (bytes, admission) = (image.bytes.clone(), admission.clone());

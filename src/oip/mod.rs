@@ -323,6 +323,6 @@ pub async fn infer(
             ))
         }
     };
-    let _responding = tracing::info_span!(target: crate::telemetry::traces::TARGET, "response");
+    let _responding = crate::stage_span!("response");
     Ok(response::response(serving, id, classified, &wanted, n))
 }

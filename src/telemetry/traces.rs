@@ -8,10 +8,14 @@
 //! endpoint the spans are disabled at their call sites, which costs next to nothing.
 //!
 //! An incoming W3C `traceparent` (an HTTP header, or gRPC metadata) makes the request's span
-//! its child, and the sampler follows the caller's decision; a request without one starts a
-//! trace, kept with probability `trace_sample_ratio`.
+//! its child, and the caller's sampling decision is followed; a request without one starts a
+//! trace, kept with probability `trace_sample_ratio`. The decision is made before any span is
+//! created ([`should_trace`]): a request not traced creates no span at all, so that 1% sampling
+//! costs about what no tracing costs.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -30,6 +34,54 @@ pub struct TraceExport {
     pub endpoint: String,
     /// Share of the traces started here that are kept, in [0, 1].
     pub sample_ratio: f64,
+}
+
+/// `trace_sample_ratio`, once traces are exported; unset: nothing is traced.
+static SAMPLE_RATIO: OnceLock<f64> = OnceLock::new();
+
+/// Whether to trace a request: as its caller decided (the `traceparent`'s sampled flag), or
+/// else with probability `trace_sample_ratio`; never without an exporter.
+pub fn should_trace(carrier: &Carrier) -> bool {
+    let Some(&ratio) = SAMPLE_RATIO.get() else {
+        return false;
+    };
+    match carrier.sampled_flag() {
+        Some(sampled) => sampled,
+        None => ratio >= 1.0 || uniform() < ratio,
+    }
+}
+
+/// A uniform draw in [0, 1) from a per-thread xorshift generator (sampling needs no more).
+fn uniform() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let here = &STATE as *const _ as u64;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
+            (here ^ now) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// A span of one stage of the current request, or none when the request is not traced.
+#[macro_export]
+macro_rules! stage_span {
+    ($name:literal $(, $($field:tt)*)?) => {
+        if tracing::Span::current().is_disabled() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(target: $crate::telemetry::traces::TARGET, $name $(, $($field)*)?)
+        }
+    };
 }
 
 /// Flushes the spans not yet exported when dropped (the server is stopping).
@@ -53,13 +105,13 @@ pub(super) fn provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider
         .with_timeout(std::time::Duration::from_secs(5))
         .build()
         .map_err(|e| anyhow::anyhow!("otlp_endpoint: cannot set up the exporter: {e}"))?;
+    let _ = SAMPLE_RATIO.set(export.sample_ratio);
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name("proco-serve")
         .build();
     Ok(SdkTracerProvider::builder()
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            export.sample_ratio,
-        ))))
+        // Sampled already: only the requests should_trace chose have spans.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .with_batch_exporter(exporter)
         .build())
@@ -101,6 +153,17 @@ impl<'a> Carrier<'a> {
             map.insert("tracestate", v);
         }
         Carrier(map)
+    }
+
+    /// The `traceparent`'s sampled flag, when it is well formed.
+    fn sampled_flag(&self) -> Option<bool> {
+        if !self.0.contains_key("traceparent") {
+            return None;
+        }
+        let cx = TraceContextPropagator::new().extract(self);
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| sc.is_sampled())
     }
 
     /// The trace id the `traceparent` names, when it is well formed.

@@ -48,6 +48,10 @@ def replicas_docs() -> list:
     return overlay_docs("replicas")
 
 
+def api_keys_docs() -> list:
+    return overlay_docs("api-keys")
+
+
 def one(docs, kind):
     [d] = [d for d in docs if d["kind"] == kind]
     return d
@@ -62,7 +66,7 @@ def port_of(addr: str) -> int:
 
 
 def core_docs():
-    overlays = (("base", base_docs()), ("gpu", gpu_docs()), ("replicas", replicas_docs()))
+    overlays = (("base", base_docs()), ("gpu", gpu_docs()), ("replicas", replicas_docs()), ("api-keys", api_keys_docs()))
     return [(n, d) for n, docs in overlays for d in docs if d["kind"] not in CUSTOM]
 
 
@@ -73,7 +77,7 @@ def test_core_kinds_valid_for_kubernetes_version(name, doc):
 
 def test_every_env_var_is_a_server_setting():
     text = help_text()
-    deployments = [one(docs, "Deployment") for docs in (base_docs(), gpu_docs(), replicas_docs())]
+    deployments = [one(docs, "Deployment") for docs in (base_docs(), gpu_docs(), replicas_docs(), api_keys_docs())]
     containers = [d["spec"]["template"]["spec"]["containers"][0] for d in deployments]
     for c in [*containers, *load_yaml_all(DEPLOY / "kserve/servingruntime.yaml")[0]["spec"]["containers"]]:
         for name in env_of(c):
@@ -166,6 +170,19 @@ def test_replicas_overlay():
     assert "PROCO_PROTOTYPE_STORE" not in env_of(one(base_docs(), "Deployment")["spec"]["template"]["spec"]["containers"][0])
 
 
+def test_api_keys_overlay_reads_the_mounted_secret():
+    spec = one(api_keys_docs(), "Deployment")["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    path = env_of(container)["PROCO_API_KEYS_FILE"]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "api-keys"]
+    assert path.startswith(mount["mountPath"] + "/")
+    [volume] = [v for v in spec["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"]["secretName"] == "proco-api-keys"
+    base = one(base_docs(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "PROCO_API_KEYS_FILE" not in env_of(base), "the base needs no Secret"
+    assert env_of(base)["PROCO_OTLP_ENDPOINT"] == "", "traces off until an endpoint is given"
+
+
 def test_servicemonitor(server):
     docs = base_docs()
     sm = one(docs, "ServiceMonitor")
@@ -218,7 +235,7 @@ def test_kserve(server):
 
 
 @pytest.mark.skipif(not __import__("shutil").which("kubectl"), reason="kubectl not installed")
-@pytest.mark.parametrize("where,loader", [("k8s/base", base_docs), ("k8s/overlays/gpu", gpu_docs), ("k8s/overlays/replicas", replicas_docs)])
+@pytest.mark.parametrize("where,loader", [("k8s/base", base_docs), ("k8s/overlays/gpu", gpu_docs), ("k8s/overlays/replicas", replicas_docs), ("k8s/overlays/api-keys", api_keys_docs)])
 def test_kustomize_renders_what_the_tests_check(where, loader):
     import subprocess
     out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / where)], capture_output=True, text=True, check=True).stdout
