@@ -7,6 +7,7 @@ Usage: python3 scripts/otlp_sink.py PORT     (prints "requests bytes" on SIGTERM
 Standard library only.
 """
 import http.server
+import os
 import signal
 import sys
 
@@ -35,7 +36,7 @@ def main():
 
     def stop(*_):
         print(received["requests"], received["bytes"], flush=True)
-        sys.exit(0)
+        os._exit(0)  # at once: serve_forever would otherwise keep the port
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
