@@ -158,6 +158,7 @@ fn ms(d: Duration) -> f64 {
     description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
     params(ClassifyQuery, ("traceparent" = Option<String>, Header, description = "W3C trace context: with otlp_endpoint set, the request's trace joins the caller's (its id is in the access log either way)")),
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
+    security((), ("bearer" = [])),
     responses(ClassifyResponses)
 )]
 /// `POST /v1/classify`, and `PUT` as `curl -T` sends.
@@ -225,6 +226,7 @@ pub async fn classify(
     description = "One image as the body (image/*, application/octet-stream or no Content-Type; PUT works too, as curl -T sends), or several as multipart/form-data (answered in part order).",
     params(("model" = String, Path, description = "A model of the repository (GET /v1/models)"), ClassifyQuery, ("traceparent" = Option<String>, Header, description = "W3C trace context: with otlp_endpoint set, the request's trace joins the caller's (its id is in the access log either way)")),
     request_body(description = "The image(s)", content(("image/jpeg"), ("image/png"), ("application/octet-stream"), ("multipart/form-data"))),
+    security((), ("bearer" = [])),
     responses(ClassifyResponses)
 )]
 /// `POST /v1/models/{model}/classify` (and `PUT`): as `/v1/classify`, with the named model.

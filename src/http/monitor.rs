@@ -29,8 +29,10 @@ pub struct FeedbackBody {
     summary = "Give the true label of an answer",
     description = "Grades the answer with that id against its true label and adds it to the feedback window (GET /v1/monitoring, proco_feedback_* metrics).",
     request_body(content = FeedbackBody, content_type = "application/json"),
+    security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Accepted: whether the answer was right, whether its set held the label, labelled answers in the window", body = serde_json::Value),
+        (status = 401, description = "api_keys_file is set and the request has no valid key (Authorization: Bearer KEY)", body = crate::http::error::ErrorBody),
         (status = 400, description = "Not {id, label} JSON, or a label the model does not have", body = crate::http::error::ErrorBody),
         (status = 404, description = "No answer with that id is waiting (never given, or forgotten)", body = crate::http::error::ErrorBody),
         (status = 409, description = "The answer already has its label", body = crate::http::error::ErrorBody)

@@ -178,7 +178,8 @@ async fn readiness(
 #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "v2", operation_id = "v2_infer", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32")),
     description = "JSON body, or JSON followed by binary tensor data (Inference-Header-Content-Length), or the raw binary form (header length 0: the body is the image).",
     request_body(description = "The inference request", content((serde_json::Value = "application/json"), ("application/octet-stream"))),
-    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = V2ErrorBody),(status = 404, description = "Unknown model or version", body = V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = V2ErrorBody)))]
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 401, description = "api_keys_file is set and the request has no valid key (Authorization: Bearer KEY)", body = V2ErrorBody),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = V2ErrorBody),(status = 404, description = "Unknown model or version", body = V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = V2ErrorBody)))]
 /// `POST /v2/models/{name}/infer`.
 pub async fn infer(
     state: State<Arc<AppState>>,
@@ -191,7 +192,8 @@ pub async fn infer(
 #[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "v2", operation_id = "v2_version_infer", params(("name" = String, Path, description = "The model name (model.toml)", example = "cifar10-lt-proco-resnet32"), ("version" = String, Path, description = "The prototypes version served")),
     description = "JSON body, or JSON followed by binary tensor data (Inference-Header-Content-Length), or the raw binary form (header length 0: the body is the image).",
     request_body(description = "The inference request", content((serde_json::Value = "application/json"), ("application/octet-stream"))),
-    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = V2ErrorBody),(status = 404, description = "Unknown model or version", body = V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = V2ErrorBody)))]
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = serde_json::Value),(status = 401, description = "api_keys_file is set and the request has no valid key (Authorization: Bearer KEY)", body = V2ErrorBody),(status = 400, description = "A bad tensor, shape, datatype, parameter or image", body = V2ErrorBody),(status = 404, description = "Unknown model or version", body = V2ErrorBody),(status = 503, description = "At capacity (Retry-After) or still loading", body = V2ErrorBody)))]
 /// `POST /v2/models/{name}/versions/{version}/infer`.
 pub async fn version_infer(
     state: State<Arc<AppState>>,
