@@ -209,15 +209,30 @@ def cpu_seconds(server_pid):
     t = os.times()
     mine = t.user + t.system
     machine_s = machine_busy_seconds()
-    theirs = None
-    if server_pid is not None:
-        try:
-            with open(f"/proc/{server_pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            theirs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            pass
+    theirs = tree_cpu_seconds(server_pid) if server_pid is not None else None
     return mine, theirs, machine_s
+
+
+def tree_cpu_seconds(pid):
+    """CPU seconds of a process and all its live descendants (a server with worker processes),
+    or None when the process is gone."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+            except (OSError, ValueError, IndexError):
+                pass
+    if pid not in stats:
+        return None
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, (ppid, _) in stats.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(stats[p][1] for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def one_request(conn_box, host, port, timeout, path, body):
@@ -327,7 +342,10 @@ def summarize(clients, records, elapsed, warm_errors, args):
         p50 = p90 = p99 = lat_ms[0] if lat_ms else float("nan")
 
     def mean(f):
-        vals = [f(r[2]) for r in ok]
+        try:
+            vals = [f(r[2]) for r in ok]
+        except (KeyError, TypeError, ZeroDivisionError):  # a peer without proco-serve's timings
+            return float("nan")
         return statistics.fmean(vals) if vals else float("nan")
 
     t = lambda d, k: d["timings_ms"][k]  # noqa: E731
@@ -488,6 +506,8 @@ def main():
     where.add_argument("--start", action="store_true", help=f"start {DEFAULT_BINARY} on 127.0.0.1:0")
     where.add_argument("--report", metavar="LT_JSON", help="print the report of a saved run and exit")
     ap.add_argument("--binary", default=DEFAULT_BINARY)
+    ap.add_argument("--server-pid", type=int, default=None,
+                    help="with --url: measure this process's CPU (with its child processes) as the server's")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra argument for the started server (repeatable)")
     ap.add_argument("--server-log", default="target/loadtest-server.log", help="the started server's stderr (default under target/, which git ignores)")
@@ -568,7 +588,7 @@ def main():
     }
     try:
         for c in levels:
-            L = run_level(c, args, host, port, images, server.pid if server else None)
+            L = run_level(c, args, host, port, images, server.pid if server else args.server_pid)
             result["levels"].append(L)
             log(f"[clients={c}] {L['requests']} requests, {L['errors']} errors, "
                 f"{fmt(L['req_per_s'])} req/s, p50 {fmt(L['latency_ms']['p50'], 2)} ms, "

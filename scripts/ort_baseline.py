@@ -34,18 +34,21 @@ def load_images(pattern, height, width):
     files = sorted(glob.glob(pattern))
     if not files:
         raise SystemExit(f"ort_baseline: no images match {pattern}")
-    out = []
-    for p in files:
-        img = Image.open(p).convert("RGB")
-        w, h = img.size
-        if (w, h) != (width, height):
-            scale = max(width / w, height / h)
-            nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
-            img = img.resize((nw, nh), Image.BILINEAR)
-            x, y = (nw - width) // 2, (nh - height) // 2
-            img = img.crop((x, y, x + width, y + height))
-        out.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-    return files, out
+    return files, [prepare(Image.open(p), height, width) for p in files]
+
+
+def prepare(img, height, width):
+    """As the server prepares an image: RGB, shorter side to the model's size (bilinear), centre
+    crop, CHW float32 in [0, 1]."""
+    img = img.convert("RGB")
+    w, h = img.size
+    if (w, h) != (width, height):
+        scale = max(width / w, height / h)
+        nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+        img = img.resize((nw, nh), Image.BILINEAR)
+        x, y = (nw - width) // 2, (nh - height) // 2
+        img = img.crop((x, y, x + width, y + height))
+    return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
 def make_session(model, policy):
