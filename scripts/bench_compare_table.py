@@ -21,15 +21,26 @@ def levels(out, r, which):
         return {lv["clients"]: lv["req_per_s"] for lv in json.load(f)["levels"]}
 
 
+def cpu_ms(out, r, which):
+    """The server's CPU milliseconds per answered request, per client count (None if unmeasured)."""
+    with open(f"{out}/loadtest-{r}-{which}.json") as f:
+        return {lv["clients"]: (lv["server_cpus_busy"] / lv["req_per_s"] * 1e3
+                                if lv.get("server_cpus_busy") else None)
+                for lv in json.load(f)["levels"]}
+
+
 print("| run | round | clients | raw ORT batch 1 (images/s, mean of the bracketing baselines) | before req/s | after req/s | after / before | before / raw | after / raw |")
 print("|---|---|---|---|---|---|---|---|---|")
-ratios, before_raw, after_raw = [], [], []
+ratios, before_raw, after_raw, cpu_ratios = [], [], [], []
 for out in sys.argv[1:]:
     rounds = sorted({int(os.path.basename(p).split("-")[1]) for p in glob.glob(f"{out}/loadtest-*-before.json")})
     for r in rounds:
         raw = (ort_batch1(out, r - 1) + ort_batch1(out, r)) / 2
         b, a = levels(out, r, "before"), levels(out, r, "after")
+        cb, ca = cpu_ms(out, r, "before"), cpu_ms(out, r, "after")
         for c in sorted(b):
+            if cb[c] and ca[c]:
+                cpu_ratios.append(ca[c] / cb[c])
             ratios.append(a[c] / b[c])
             before_raw.append(b[c] / raw)
             after_raw.append(a[c] / raw)
@@ -38,5 +49,9 @@ gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
 print(f"\ngeometric mean of after / before over {len(ratios)} pairs: {gm:.2f} "
       f"(smallest {min(ratios):.2f}, largest {max(ratios):.2f}); after ahead in "
       f"{sum(x > 1 for x in ratios)} of {len(ratios)}")
+if cpu_ratios:
+    gc = math.exp(sum(math.log(x) for x in cpu_ratios) / len(cpu_ratios))
+    print(f"geometric mean of the server's CPU per request, after / before: {gc:.2f} "
+          f"(smallest {min(cpu_ratios):.2f}, largest {max(cpu_ratios):.2f})")
 print(f"mean server / raw ONNX Runtime: before {sum(before_raw) / len(before_raw):.2f}, "
       f"after {sum(after_raw) / len(after_raw):.2f}")

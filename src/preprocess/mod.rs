@@ -220,6 +220,12 @@ fn header_dimensions(
             .into_dimensions()
             .map_err(map_image_error)?,
     };
+    check_size(w, h, limits)?;
+    Ok((w, h))
+}
+
+/// Refuses an empty image, or one of more than `max_pixels`, before it is decoded.
+fn check_size(w: u32, h: u32, limits: &DecodeLimits) -> Result<(), DecodeError> {
     if w == 0 || h == 0 {
         return Err(DecodeError::ZeroSize(w, h));
     }
@@ -232,7 +238,7 @@ fn header_dimensions(
             max: limits.max_pixels,
         });
     }
-    Ok((w, h))
+    Ok(())
 }
 
 /// A PNG's size straight from its IHDR chunk (always the first chunk, at a fixed offset).
@@ -259,6 +265,11 @@ fn map_image_error(e: image::ImageError) -> DecodeError {
 /// incomplete, empty or larger than `limits` before decoding it.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
     let format = check_container(bytes)?;
+    if format == ImageFormat::Jpeg {
+        if let Some(rgb) = decode_jpeg(bytes, limits)? {
+            return Ok(rgb);
+        }
+    }
     let (w, h) = header_dimensions(bytes, format, limits)?;
     let mut decoder = reader(bytes, format, limits)
         .into_decoder()
@@ -266,18 +277,8 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeErr
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = if format == ImageFormat::Jpeg {
-        drop(decoder);
-        // libjpeg-turbo first (bit-exact with PIL); the image crate for what it cannot
-        // convert to RGB itself (e.g. CMYK).
-        match decode_jpeg_libjpeg(bytes) {
-            Ok(rgb) => DynamicImage::ImageRgb8(rgb),
-            Err(_) => image::load_from_memory_with_format(bytes, ImageFormat::Jpeg)
-                .map_err(map_image_error)?,
-        }
-    } else {
-        DynamicImage::from_decoder(decoder).map_err(map_image_error)?
-    };
+    // (A JPEG gets here only when libjpeg could not give RGB: the image crate's decoder then.)
+    let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     if img.width() != w || img.height() != h || img.width() == 0 || img.height() == 0 {
         return Err(DecodeError::Invalid(format!(
             "decoded size {}x{} differs from the header's {w}x{h}",
@@ -292,27 +293,45 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeErr
     })
 }
 
-/// Decodes a JPEG with libjpeg-turbo's algorithms (MozJPEG's decoder: ISLOW IDCT, fancy
-/// upsampling), i.e. exactly the pixels PIL, and so the training pipeline and the PyTorch
-/// reference, get. The pure-Rust decoder differs by up to 4 levels on 4:2:0 JPEGs, which
-/// moves posteriors far more than the 1e-4 parity we promise.
-fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<RgbImage, String> {
+/// A JPEG through libjpeg-turbo alone, its header read once: the size, checked against the
+/// limits before any pixel is decoded, and the EXIF orientation; then the pixels with
+/// libjpeg-turbo's algorithms (MozJPEG's decoder: ISLOW IDCT, fancy upsampling), i.e. exactly
+/// the pixels PIL, and so the training pipeline and the PyTorch reference, get. (The pure-Rust
+/// decoder differs by up to 4 levels on 4:2:0 JPEGs, which moves posteriors far more than the
+/// 1e-4 parity we promise.) `Ok(None)`: libjpeg cannot read this header or give RGB (CMYK, a
+/// damaged file), and the image crate's decoder takes over, with its own errors.
+fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, DecodeError> {
+    use image::metadata::Orientation;
+    use mozjpeg::Marker;
     // libjpeg reports fatal errors by unwinding (without running the panic hook).
-    let result = std::panic::catch_unwind(|| -> std::io::Result<RgbImage> {
-        let mut started = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
-        let (w, h) = (started.width() as u32, started.height() as u32);
-        let flat: Vec<u8> = started.read_scanlines::<u8>()?;
-        started.finish()?;
-        RgbImage::from_raw(w, h, flat)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "short scanlines"))
+    let decoded = std::panic::catch_unwind(|| {
+        let header = mozjpeg::Decompress::builder()
+            .with_markers(&[Marker::APP(1)])
+            .from_mem(bytes)
+            .ok()?;
+        let (w, h) = header.size();
+        if let Err(refused) = check_size(w as u32, h as u32, limits) {
+            return Some(Err(refused));
+        }
+        let orientation = header
+            .markers()
+            .find_map(|m| m.data.strip_prefix(b"Exif\0\0"))
+            .and_then(Orientation::from_exif_chunk)
+            .unwrap_or(Orientation::NoTransforms);
+        let mut started = header.rgb().ok()?;
+        let flat: Vec<u8> = started.read_scanlines::<u8>().ok()?;
+        started.finish().ok()?;
+        let rgb = RgbImage::from_raw(w as u32, h as u32, flat)?;
+        Some(Ok((rgb, orientation)))
     });
-    match result {
-        Ok(Ok(img)) => Ok(img),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(payload) => Err(payload
-            .downcast_ref::<String>()
-            .cloned()
-            .unwrap_or_else(|| "libjpeg failed".to_string())),
+    match decoded {
+        Ok(Some(Ok((rgb, orientation)))) => {
+            let mut img = DynamicImage::ImageRgb8(rgb);
+            img.apply_orientation(orientation);
+            Ok(Some(img.into_rgb8()))
+        }
+        Ok(Some(Err(refused))) => Err(refused),
+        Ok(None) | Err(_) => Ok(None),
     }
 }
 
