@@ -8,6 +8,10 @@ out as binary); `ModelInfer` over gRPC through `tritonclient.grpc` (one BYTES im
 contents). Each client is a thread with its own keep-alive connection (gRPC: its own client),
 sending the 40 fixture JPEGs in turn. Needs tritonclient (tests/oip/requirements.txt; run it with
 .venv-oip/bin/python). Usage: scripts/bench_protocols.py [--clients 1,32] [--seconds 8] [--json OUT]
+[--rotate K] (the protocols' order within a level turned by K, so that repeated runs share out the
+minutes of a drifting machine). --report RUN.json... [--baseline ORT.json...] prints the medians
+of several runs, each protocol over /v1 and over raw ONNX Runtime (scripts/ort_baseline.py: batch 1
+at one client, the best batch of the baselines otherwise).
 """
 import argparse
 import glob
@@ -121,13 +125,20 @@ def main():
     ap.add_argument("--clients", default="1,32")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--json")
+    ap.add_argument("--rotate", type=int, default=0)
+    ap.add_argument("--report", nargs="+", metavar="RUN_JSON")
+    ap.add_argument("--baseline", nargs="*", default=[], metavar="ORT_JSON")
     args = ap.parse_args()
+    if args.report:
+        return report(args.report, args.baseline)
+    order = ["v1", "v2", "grpc"]
+    order = order[args.rotate % 3:] + order[:args.rotate % 3]
     images = [open(f, "rb").read() for f in sorted(glob.glob("tests/fixtures/parity/*.jpg"))]
     proc, host, port, grpc_addr = start_server(args.binary)
     rows = []
     try:
         for clients in [int(c) for c in args.clients.split(",")]:
-            for protocol in ("v1", "v2", "grpc"):
+            for protocol in order:
                 r = run(protocol, clients, args.seconds, host, port, grpc_addr, images)
                 rows.append(r)
                 print(f"{protocol:<5} clients {clients:>3}: {r['req_per_s']:8.1f} req/s, "
@@ -147,6 +158,34 @@ def main():
             json.dump({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                        "rows": rows}, f, indent=1)
+
+
+def report(runs, baselines):
+    import statistics
+    rows = [r for path in runs for r in json.load(open(path))["rows"]]
+    raw = {}
+    for path in baselines:
+        for r in json.load(open(path))["results"]:
+            raw.setdefault(r["batch_size"], []).append(r["images_per_s"])
+    raw = {b: statistics.median(v) for b, v in raw.items()}
+    print(f"{len(runs)} runs; medians\n")
+    print("| clients | protocol | req/s (median) | runs | p50 ms | p99 ms | / /v1 | / raw ONNX Runtime |")
+    print("|---|---|---|---|---|---|---|---|")
+    for clients in sorted({r["clients"] for r in rows}):
+        ceiling = raw.get(1) if clients == 1 else max((v for b, v in raw.items() if b > 1), default=None)
+        med = {}
+        for protocol in ("v1", "v2", "grpc"):
+            mine = [r for r in rows if r["clients"] == clients and r["protocol"] == protocol]
+            med[protocol] = statistics.median(r["req_per_s"] for r in mine)
+            name = {"v1": "/v1", "v2": "/v2 binary", "grpc": "gRPC"}[protocol]
+            print(f"| {clients} | {name} | {med[protocol]:.1f} | "
+                  f"{', '.join(format(r['req_per_s'], '.0f') for r in mine)} | "
+                  f"{statistics.median(r['p50_ms'] for r in mine):.2f} | "
+                  f"{statistics.median(r['p99_ms'] for r in mine):.2f} | {med[protocol] / med['v1']:.2f} | "
+                  + (f"{med[protocol] / ceiling:.2f} |" if ceiling else "- |"))
+    if raw:
+        print("\nraw ONNX Runtime images/s (median of the baselines): "
+              + ", ".join(f"batch {b} {v:.0f}" for b, v in sorted(raw.items())))
 
 
 if __name__ == "__main__":
