@@ -2,7 +2,8 @@
 //! on a throwaway folder and a loopback port; nothing is mocked): three `proco-serve` processes
 //! with `prototype_store = postgres://...`, each with its own copy of the model folder.
 //!
-//! - a class taught through A is served by B and C;
+//! - a class taught through A is served by B and C; a second model of the repository, loaded by
+//!   every replica, has its own row in the store and is left alone;
 //! - 20 learning requests sent to A and B at once all land: the class's sufficient statistics
 //!   in the store match, to 1e-12, one process learning the same 20 images in turn;
 //! - a rollback on C reaches A and B, and the history names each version's parent;
@@ -30,6 +31,8 @@ use serde_json::Value;
 const TOKEN: &str = "replica-test";
 const PASSWORD: &str = "replica-test-password";
 const MODEL: &str = "cifar10-lt-proco-resnet32";
+/// A second model of the repository, loaded by every replica.
+const OTHER: &str = "cifar10-lt-la";
 
 /// A PostgreSQL cluster of its own: initdb in a temporary folder, started on a free port.
 struct Postgres {
@@ -221,12 +224,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A replica: the bundled model copied into `dir`, prototypes in the shared store. One image
-/// per batch, so that an image's feature does not depend on what it was batched with.
+/// A replica: the bundled model copied into `dir`, and the repository's LA baseline beside it
+/// (the store keys by model name), prototypes in the shared store. One image per batch, so that
+/// an image's feature does not depend on what it was batched with.
 fn replica(dir: &Path, store: &str) -> Server {
     Server::start(&[
         "--model-dir",
         dir.to_str().unwrap(),
+        "--load-models",
+        OTHER,
         "--prototype-store",
         store,
         "--admin-token",
@@ -313,6 +319,17 @@ fn replicas_agree_through_postgres() {
     let mut c = replica(dirs[2].path(), &store);
     let seeded = pg.current_version();
     wait_for(&[&a, &b, &c], &seeded, Duration::from_secs(5));
+    let other_version = || {
+        pg.psql(
+            "proco",
+            &format!("SELECT version FROM proco_prototype_current WHERE model = '{OTHER}'"),
+        )
+    };
+    let other_seeded = other_version();
+    assert!(
+        !other_seeded.is_empty(),
+        "each model has its own current row"
+    );
     let model: Value = client()
         .get(a.url("/v1/model"))
         .send()
@@ -342,6 +359,18 @@ fn replicas_agree_through_postgres() {
         .as_array()
         .unwrap()
         .contains(&"heron".into()));
+    assert_eq!(
+        other_version(),
+        other_seeded,
+        "a change of one model leaves the other alone"
+    );
+    let other: Value = client()
+        .get(c.url(&format!("/v1/models/{OTHER}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(other["prototypes_version"], other_seeded.as_str());
 
     // 20 learning requests to A and B at once, into a class that neither has yet: every one lands.
     let batch: Vec<String> = images[1..21].to_vec();
