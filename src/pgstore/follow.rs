@@ -1,6 +1,7 @@
 //! A replica following one model's current version in the shared store: `LISTEN` on a
 //! connection of its own, and after every notification naming the model, after every
-//! (re)connect, and every few seconds as a fallback, catch up (the caller's function re-reads
+//! (re)connect, and every few seconds as a fallback (which also checks that the listening
+//! connection still answers), catch up (the caller's function re-reads
 //! the current row and swaps it in if it is new). While the store is unreachable the replica
 //! keeps serving what it has; the gauge says so, the log says so once, and it retries every
 //! second until the store is back.
@@ -54,8 +55,7 @@ async fn follow_once(
     catch_up: &CatchUp,
     down_since: &mut Option<Instant>,
 ) -> StoreError {
-    // The client must live as long as the listening connection.
-    let (_client, mut notes) = match store.listen().await {
+    let (client, mut notes) = match store.listen().await {
         Ok(listening) => listening,
         Err(e) => return e,
     };
@@ -80,7 +80,17 @@ async fn follow_once(
                     reason: "the listening connection was closed".to_string(),
                 },
             },
-            () = tokio::time::sleep(FALLBACK_POLL) => true,
+            () = tokio::time::sleep(FALLBACK_POLL) => {
+                // A connection cut without a word (a network partition) is found here.
+                let ping = tokio::time::timeout(FALLBACK_POLL, client.simple_query("SELECT 1"));
+                if !matches!(ping.await, Ok(Ok(_))) {
+                    return StoreError::Unavailable {
+                        store: store.shown().to_string(),
+                        reason: "the listening connection stopped answering".to_string(),
+                    };
+                }
+                true
+            }
         };
         if wake {
             if let Err(e) = run(catch_up).await {

@@ -122,6 +122,11 @@ impl SharedStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // TCP keepalive probes after 30 s idle rather than the system's 2 hours, so that a dead
+        // peer is noticed on the listening connection too.
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
         if config.get_application_name().is_none() {
             config.application_name("proco-serve");
         }
