@@ -44,6 +44,8 @@ def main(argv=None):
     f.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     f.add_argument("--warmup-steps", type=int, default=None, help="only time this many steps (after 3 untimed) and exit")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--compile", action="store_true",
+                   help="torch.compile the network's forward pass (measured in train/README.md: not faster here)")
 
     g = sub.add_parser("all", aliases=["gpu-all"], help="every method side by side on one device, after a timed warm-up")
     g.add_argument("--data", required=True)
@@ -82,7 +84,7 @@ def main(argv=None):
         status = run(a.method, a.data, a.out, cache=a.cache, max_images=a.max_images, seed=a.seed, threads=a.threads,
                      epochs=a.epochs, device=a.device, batch=a.batch, lr=a.lr, pipeline=a.pipeline, workers=a.workers,
                      amp=a.amp, ckpt_every=a.ckpt_every, resume=a.resume, max_seconds=a.max_seconds,
-                     limit_batches=a.limit_batches, warmup_steps=a.warmup_steps)
+                     limit_batches=a.limit_batches, warmup_steps=a.warmup_steps, compile=a.compile)
         sys.exit(PAUSED if status == "paused" else 0)
     elif a.cmd in ("all", "gpu-all"):
         run_all(a)

@@ -116,7 +116,7 @@ def train_arrays(method: str, x: np.ndarray, y: np.ndarray, out_dir: str, *, epo
                  batch: int = 256, lr: float = 0.3, pipeline: str = "batch", workers: int = 2, seed: int = 0,
                  tau: float = 0.1, alpha: float = 1.0, amp: bool = True, ckpt_every: int = 10, resume: bool = False,
                  max_seconds: float | None = None, limit_batches: int | None = None, warmup_steps: int | None = None,
-                 classes: int = 10, extra_log: dict | None = None) -> str:
+                 classes: int = 10, extra_log: dict | None = None, compile: bool = False) -> str:
     """Train `method` on uint8 HWC images `x` with labels `y`. Returns "done", "paused" or (warm-up) the
     measured seconds per step as a string."""
     assert method in METHODS, method
@@ -160,6 +160,8 @@ def train_arrays(method: str, x: np.ndarray, y: np.ndarray, out_dir: str, *, epo
     proco = ProCoLoss(classes, 128, tau, log_prior.double(), dev, seed) if method == "proco" else None
     ldam = LDAMLoss(counts, dev, epochs) if method == "ldam" else None
     use_amp = amp and (dev.type == "cuda" or (dev.type == "cpu" and cpu_has_native_bf16()))
+    # torch.compile'd forward pass (the module itself, its state and checkpoints are unchanged).
+    forward = torch.compile(model) if compile else model
 
     start_epoch, train_seconds = 0, 0.0
     if state:
@@ -188,7 +190,7 @@ def train_arrays(method: str, x: np.ndarray, y: np.ndarray, out_dir: str, *, epo
         target = target.to(dev, non_blocking=True)
         imgs = torch.cat([v.to(dev, non_blocking=True) for v in vs]).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            h, logits = model(imgs)
+            h, logits = forward(imgs)
         h, logits = h.float(), logits.float()
         n = target.shape[0]
         ce_logits = logits[:n]
