@@ -304,7 +304,8 @@ fn process(
     let t1 = Instant::now();
     let spans = stage("posterior");
     let available = prototypes.available_rules();
-    let scored = score_jobs(jobs, &out, &prototypes, &available, shared)?;
+    let answering = answering_options(jobs, &available);
+    let scored = score_jobs(jobs, &answering, &out, &prototypes, &available, shared)?;
     drop(spans);
     let posterior = t1.elapsed();
     metrics.posterior_duration.observe(posterior.as_secs_f64());
@@ -312,7 +313,7 @@ fn process(
     let mut scored = scored.into_iter();
     let mut first_row = 0;
     let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
+    for (i, job) in jobs.iter().enumerate() {
         let rows = first_row..first_row + job.images.len();
         first_row = rows.end;
         let result = JobResult {
@@ -324,23 +325,26 @@ fn process(
             posterior,
             batch_size: total,
         };
-        results.push(match &job.purpose {
-            Purpose::Embed => Ok(JobResult {
+        let purpose = match (&job.purpose, &answering[i]) {
+            (Purpose::Classify(_), Some(instead)) => Some(instead),
+            (Purpose::Classify(o), None) => Some(o),
+            (Purpose::Embed, _) => None,
+        };
+        results.push(match purpose {
+            None => Ok(JobResult {
                 features: rows.map(|r| out.feature.row(r).to_vec()).collect(),
                 ..result
             }),
-            Purpose::Classify(o) if !available.contains(&o.rule) => {
-                Err(BatchError::RuleUnavailable {
-                    rule: o.rule,
-                    version: prototypes.version.clone(),
-                    available: available
-                        .iter()
-                        .map(|r| r.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })
-            }
-            Purpose::Classify(o) => Ok(JobResult {
+            Some(o) if !available.contains(&o.rule) => Err(BatchError::RuleUnavailable {
+                rule: o.rule,
+                version: prototypes.version.clone(),
+                available: available
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+            Some(o) => Ok(JobResult {
                 scored: scored.by_ref().take(rows.len()).collect(),
                 features: if o.features {
                     rows.map(|r| out.feature.row(r).to_vec()).collect()
@@ -354,10 +358,26 @@ fn process(
     Ok(results)
 }
 
+/// For each classify job whose rule cannot answer with these prototypes but whose request took
+/// the server's default rule: its options with the fallback rule instead (a class learned while
+/// it waited left the linear head behind). `None`: the job's own options stand.
+fn answering_options(jobs: &[Work], available: &[Rule]) -> Vec<Option<RequestOptions>> {
+    jobs.iter()
+        .map(|job| match &job.purpose {
+            Purpose::Classify(o) if !available.contains(&o.rule) => o
+                .rule_fallback
+                .filter(|rule| available.contains(rule))
+                .map(|rule| RequestOptions { rule, ..o.clone() }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Scores the rows of the classify jobs whose rule can answer, in order, and counts their
 /// predictions.
 fn score_jobs(
     jobs: &[Work],
+    answering: &[Option<RequestOptions>],
     out: &EncoderOutput,
     prototypes: &Prototypes,
     available: &[Rule],
@@ -366,8 +386,9 @@ fn score_jobs(
     let mut rows = Vec::new();
     let mut options: Vec<&RequestOptions> = Vec::new();
     let mut first_row = 0;
-    for job in jobs {
-        if let Purpose::Classify(o) = &job.purpose {
+    for (job, instead) in jobs.iter().zip(answering) {
+        if let Purpose::Classify(own) = &job.purpose {
+            let o = instead.as_ref().unwrap_or(own);
             if available.contains(&o.rule) {
                 rows.extend(first_row..first_row + job.images.len());
                 options.extend(std::iter::repeat_n(o, job.images.len()));

@@ -6,7 +6,8 @@
 //!   every replica, has its own row in the store and is left alone;
 //! - 20 learning requests sent to A and B at once all land: the class's sufficient statistics
 //!   in the store match, to 1e-12, one process learning the same 20 images in turn;
-//! - a rollback on C reaches A and B, and the history names each version's parent;
+//! - a rollback on C reaches A and B, and the history names each version's parent; so does a
+//!   new file pushed into A's folder with `POST /admin/reload`;
 //! - PostgreSQL stopped for 10 s under load: no classify request fails, readiness stays 200,
 //!   the gauge says the store is down, admin changes get 503; after the restart every replica
 //!   converges on the store's version without being restarted;
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, copy_model_into, fixture, metric, metrics_text, parity_manifest, Server};
+use common::{client, copy_model_into, fixture, metrics_text, parity_manifest, Server};
 use serde_json::Value;
 
 const TOKEN: &str = "replica-test";
@@ -444,6 +445,31 @@ fn replicas_agree_through_postgres() {
     assert_eq!(newest["parent"], together.as_str());
     assert_eq!(newest["version"], taught.as_str());
 
+    // A new file pushed into A's folder and reloaded by the admin call reaches B and C.
+    let file = dirs[0].path().join("prototypes.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let t = doc["temperatures"]["vmf"].as_f64().unwrap();
+    doc["temperatures"]["vmf"] = serde_json::json!(t * 1.01);
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let r = client()
+        .post(a.url("/admin/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let pushed: Value = r.json().unwrap();
+    let pushed = pushed["version"].as_str().unwrap().to_string();
+    assert_eq!(pg.current_version(), pushed);
+    wait_for(&[&a, &b, &c], &pushed, Duration::from_secs(5));
+    let history: Value = client()
+        .get(b.url("/v1/prototypes/versions"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(history["versions"][0]["cause"], "file");
+    assert_eq!(history["versions"][0]["parent"], taught.as_str());
+
     postgres_stopped_under_load(&pg, [&a, &b, &c]);
 
     // Killed mid-change and restarted: it serves the store's version, not its folder's file.
@@ -472,6 +498,17 @@ fn replicas_agree_through_postgres() {
     assert!(c.logs().contains("from the shared store"), "{}", c.logs());
 }
 
+/// `proco_prototype_store_up` of every model the replica serves.
+fn store_up(server: &Server) -> Vec<f64> {
+    let values: Vec<f64> = metrics_text(server)
+        .lines()
+        .filter(|l| l.starts_with("proco_prototype_store_up{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), 2, "one series per model");
+    values
+}
+
 /// PostgreSQL down for 10 s while clients classify on every replica.
 fn postgres_stopped_under_load(pg: &Postgres, replicas: [&Server; 3]) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -497,7 +534,16 @@ fn postgres_stopped_under_load(pg: &Postgres, replicas: [&Server; 3]) {
                         .send();
                     match r {
                         Ok(r) if r.status() == 200 => answered.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            let why = match other {
+                                Ok(r) => {
+                                    format!("{}: {}", r.status(), r.text().unwrap_or_default())
+                                }
+                                Err(e) => e.to_string(),
+                            };
+                            eprintln!("classify failed while PostgreSQL was down: {why}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
                     };
                 }
             })
@@ -509,7 +555,7 @@ fn postgres_stopped_under_load(pg: &Postgres, replicas: [&Server; 3]) {
     // The replicas notice (their listening connections close) and say so.
     let deadline = Instant::now() + Duration::from_secs(5);
     for s in replicas {
-        while metric(&metrics_text(s), "proco_prototype_store_up") != Some(0.0) {
+        while store_up(s).iter().any(|v| *v != 0.0) {
             assert!(Instant::now() < deadline, "the gauge still says up");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -541,11 +587,13 @@ fn postgres_stopped_under_load(pg: &Postgres, replicas: [&Server; 3]) {
     }
     let current = pg.current_version();
     wait_for(&replicas, &current, Duration::from_secs(10));
+    // Every model's follower is back (each retries on its own, every second).
+    let deadline = Instant::now() + Duration::from_secs(10);
     for s in replicas {
-        assert_eq!(
-            metric(&metrics_text(s), "proco_prototype_store_up"),
-            Some(1.0)
-        );
+        while store_up(s).iter().any(|v| *v != 1.0) {
+            assert!(Instant::now() < deadline, "a follower is still away");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     stop.store(true, Ordering::Relaxed);
     load.into_iter().for_each(|t| t.join().unwrap());

@@ -107,6 +107,7 @@ fn harness(script: &[Step], gated: bool, max_batch_size: usize, queue_capacity: 
 
 fn options() -> RequestOptions {
     RequestOptions {
+        rule_fallback: None,
         rule: Rule::Vmf,
         prior: Prior::Named(PriorName::Uniform),
         top_k: 2,
@@ -305,4 +306,32 @@ async fn readiness_follows_failing_and_recovering_batches_and_a_stopped_thread()
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     panic!("the thread never reported stopping");
+}
+
+/// A request that took the server's default rule is answered by its fallback when a class
+/// learned while it waited left the linear head behind; a rule asked for by name is not swapped.
+#[test]
+fn a_defaulted_rule_falls_back_when_the_prototypes_changed_under_it() {
+    let job = |rule_fallback| Work {
+        images: vec![image(0)],
+        purpose: Purpose::Classify(RequestOptions {
+            rule: Rule::Ensemble,
+            rule_fallback,
+            ..options()
+        }),
+        enqueued: Instant::now(),
+        trace: JobTrace {
+            request: tracing::Span::none(),
+            queued: None,
+        },
+    };
+    let head_free = [Rule::Proco, Rule::Vmf];
+    let answering = answering_options(&[job(Some(Rule::Proco)), job(None)], &head_free);
+    assert_eq!(answering[0].as_ref().map(|o| o.rule), Some(Rule::Proco));
+    assert!(
+        answering[1].is_none(),
+        "the client's own choice stands (and is refused)"
+    );
+    let all = [Rule::Linear, Rule::Proco, Rule::Vmf, Rule::Ensemble];
+    assert!(answering_options(&[job(Some(Rule::Proco))], &all)[0].is_none());
 }

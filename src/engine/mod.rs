@@ -31,6 +31,10 @@ pub use prior::{Prior, PriorName};
 #[derive(Clone, Debug)]
 pub struct RequestOptions {
     pub rule: Rule,
+    /// The rule to answer with instead when `rule` cannot answer with the prototypes the batch
+    /// is scored with: set when `rule` is the server's default rather than the client's choice,
+    /// so that a class learned while the request waited does not fail it.
+    pub rule_fallback: Option<Rule>,
     pub prior: Prior,
     /// Already clamped to 1..=C.
     pub top_k: usize,

@@ -92,6 +92,7 @@ pub fn resolve(raw: &RawOptions, served: &Served) -> Result<RequestOptions, Infe
         .transpose()?;
     Ok(RequestOptions {
         rule,
+        rule_fallback: raw.rule.is_none().then_some(Rule::Proco),
         prior,
         top_k,
         posterior: raw.posterior,
