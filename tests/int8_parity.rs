@@ -16,7 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{client, fixture, fixture_form, parity_manifest, Server};
+use common::{client, fixture, fixture_files, fixture_form, parity_manifest, Server};
 use proco_serve::encoder::{Encoder, ProviderChoice, Threads};
 use proco_serve::manifest::{EncoderVariant, ModelManifest};
 use proco_serve::preprocess::{prepare, DecodeLimits};
@@ -32,20 +32,11 @@ fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn files() -> Vec<String> {
-    parity_manifest()["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["file"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Runs every fixture through one variant's encoder, as one batch.
 fn encode(variant: EncoderVariant) -> proco_serve::encoder::EncoderOutput {
     let manifest = ModelManifest::load_variant(&repo("models/cifar10-lt"), variant).unwrap();
     let mut encoder = Encoder::load(&manifest, ProviderChoice::Cpu, Threads::default()).unwrap();
-    let files = files();
+    let files = fixture_files();
     let mut pixels = Vec::new();
     for f in &files {
         pixels.extend(prepare(&fixture(f), &DecodeLimits::default(), &manifest).unwrap());
@@ -63,7 +54,7 @@ fn argmax(v: impl Iterator<Item = f64>) -> usize {
 fn int8_outputs_stay_within_the_documented_tolerance_of_fp32() {
     let fp32 = encode(EncoderVariant::Fp32);
     let int8 = encode(EncoderVariant::Int8);
-    let files = files();
+    let files = fixture_files();
     assert_eq!(int8.feature.dim(), fp32.feature.dim());
     let (mut agree, mut largest_diff) = (0, 0.0f32);
     for (i, file) in files.iter().enumerate() {

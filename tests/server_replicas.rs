@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, copy_model_into, fixture, metrics_text, parity_manifest, Server};
+use common::{client, copy_model_into, fixture, fixture_files, get_json, metrics_text, Server};
 use serde_json::Value;
 
 const TOKEN: &str = "replica-test";
@@ -245,15 +245,6 @@ fn replica(dir: &Path, store: &str) -> Server {
     ])
 }
 
-fn images() -> Vec<String> {
-    parity_manifest()["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["file"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Teaches `label` one image; (status, answer).
 fn learn(server: &Server, label: &str, image: &str) -> (u16, Value) {
     let r = client()
@@ -270,8 +261,7 @@ fn learn(server: &Server, label: &str, image: &str) -> (u16, Value) {
 }
 
 fn served_version(server: &Server) -> String {
-    let r = client().get(server.url("/v1/model")).send().unwrap();
-    let model: Value = r.json().unwrap();
+    let (_, model) = get_json(&client(), server, "/v1/model");
     model["prototypes_version"].as_str().unwrap().to_string()
 }
 
@@ -331,18 +321,13 @@ fn replicas_agree_through_postgres() {
         !other_seeded.is_empty(),
         "each model has its own current row"
     );
-    let model: Value = client()
-        .get(a.url("/v1/model"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let model: Value = get_json(&client(), &a, "/v1/model").1;
     assert_eq!(
         model["prototype_store"],
         format!("postgres://proco@127.0.0.1:{}/proco", pg.port),
         "the URL is shown without its password"
     );
-    let images = images();
+    let images = fixture_files();
 
     // A class taught through A is served by B and C.
     let (status, taught) = learn(&a, "heron", &images[0]);
@@ -350,12 +335,7 @@ fn replicas_agree_through_postgres() {
     let taught = taught["version"].as_str().unwrap().to_string();
     assert_eq!(pg.current_version(), taught);
     wait_for(&[&b, &c], &taught, Duration::from_secs(5));
-    let labels: Value = client()
-        .get(b.url("/v1/model"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let labels: Value = get_json(&client(), &b, "/v1/model").1;
     assert!(labels["labels"]
         .as_array()
         .unwrap()
@@ -365,12 +345,7 @@ fn replicas_agree_through_postgres() {
         other_seeded,
         "a change of one model leaves the other alone"
     );
-    let other: Value = client()
-        .get(c.url(&format!("/v1/models/{OTHER}")))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let other: Value = get_json(&client(), &c, &format!("/v1/models/{OTHER}")).1;
     assert_eq!(other["prototypes_version"], other_seeded.as_str());
 
     // 20 learning requests to A and B at once, into a class that neither has yet: every one lands.
@@ -434,12 +409,7 @@ fn replicas_agree_through_postgres() {
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
     assert_eq!(pg.current_version(), taught);
     wait_for(&[&a, &b, &c], &taught, Duration::from_secs(5));
-    let history: Value = client()
-        .get(a.url("/v1/prototypes/versions"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let history: Value = get_json(&client(), &a, "/v1/prototypes/versions").1;
     let newest = &history["versions"][0];
     assert_eq!(newest["cause"], "rollback", "{history}");
     assert_eq!(newest["parent"], together.as_str());
@@ -461,12 +431,7 @@ fn replicas_agree_through_postgres() {
     let pushed = pushed["version"].as_str().unwrap().to_string();
     assert_eq!(pg.current_version(), pushed);
     wait_for(&[&a, &b, &c], &pushed, Duration::from_secs(5));
-    let history: Value = client()
-        .get(b.url("/v1/prototypes/versions"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let history: Value = get_json(&client(), &b, "/v1/prototypes/versions").1;
     assert_eq!(history["versions"][0]["cause"], "file");
     assert_eq!(history["versions"][0]["parent"], taught.as_str());
 
@@ -513,7 +478,7 @@ fn store_up(server: &Server) -> Vec<f64> {
 fn postgres_stopped_under_load(pg: &Postgres, replicas: [&Server; 3]) {
     let stop = Arc::new(AtomicBool::new(false));
     let (answered, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let image = fixture(&images()[0]);
+    let image = fixture(&fixture_files()[0]);
     let load: Vec<_> = replicas
         .iter()
         .map(|s| {
@@ -568,7 +533,7 @@ fn postgres_stopped_under_load(pg: &Postgres, replicas: [&Server; 3]) {
             200
         );
     }
-    let (status, refused) = learn(replicas[0], "heron", &images()[22]);
+    let (status, refused) = learn(replicas[0], "heron", &fixture_files()[22]);
     assert_eq!(status, 503, "{refused}");
     assert_eq!(refused["error"]["code"], "store_unavailable");
     assert!(!refused.to_string().contains(PASSWORD));
@@ -578,7 +543,7 @@ fn postgres_stopped_under_load(pg: &Postgres, replicas: [&Server; 3]) {
     // Back: a change through B lands, and every replica converges on the store's version.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, answer) = learn(replicas[1], "heron", &images()[23]);
+        let (status, answer) = learn(replicas[1], "heron", &fixture_files()[23]);
         if status == 200 {
             break;
         }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, fixture, get_json, metric, parity_manifest, Server};
+use common::{client, fixture, fixture_files, get_json, metric, Server};
 use serde_json::{json, Value};
 
 const MODEL: &str = "cifar10-lt-proco-resnet32";
@@ -83,13 +83,7 @@ fn assert_close(have: &[f32], want: &[f64], what: &str) -> f64 {
 }
 
 fn files() -> Vec<String> {
-    parity_manifest()["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(3)
-        .map(|i| i["file"].as_str().unwrap().to_string())
-        .collect()
+    fixture_files().into_iter().take(3).collect()
 }
 
 #[test]

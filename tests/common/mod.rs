@@ -147,6 +147,16 @@ pub fn parity_manifest() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// Every parity fixture image's file name, in the manifest's order.
+pub fn fixture_files() -> Vec<String> {
+    parity_manifest()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["file"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Bytes of one parity fixture image.
 pub fn fixture(file: &str) -> Vec<u8> {
     std::fs::read(Path::new(PARITY_DIR).join(file)).unwrap()
