@@ -274,11 +274,7 @@ fn infer_span(metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
         rpc.method = "ModelInfer",
         rpc.grpc.status_code = tracing::field::Empty,
     );
-    let value = |name| metadata.get(name).and_then(|v| v.to_str().ok());
-    traces::adopt(
-        &span,
-        &traces::Carrier::new(value("traceparent"), value("tracestate")),
-    );
+    traces::adopt(&span, &carrier);
     span
 }
 

@@ -14,7 +14,6 @@
 //! costs about what no tracing costs.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -139,58 +138,68 @@ fn signal_url(endpoint: &str) -> anyhow::Result<String> {
     })
 }
 
-/// W3C trace context as a request carried it.
+/// The caller's W3C trace context, read once from a request's `traceparent` (and `tracestate`):
+/// present only when the `traceparent` is well formed.
 #[derive(Default)]
-pub struct Carrier<'a>(HashMap<&'static str, &'a str>);
+pub struct Carrier {
+    caller: Option<opentelemetry::Context>,
+}
 
-impl<'a> Carrier<'a> {
-    pub fn new(traceparent: Option<&'a str>, tracestate: Option<&'a str>) -> Self {
-        let mut map = HashMap::new();
-        if let Some(v) = traceparent {
-            map.insert("traceparent", v);
+impl Carrier {
+    pub fn new(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        let Some(traceparent) = traceparent else {
+            return Carrier::default();
+        };
+        let cx = TraceContextPropagator::new().extract(&Headers {
+            traceparent,
+            tracestate,
+        });
+        let valid = cx.span().span_context().is_valid();
+        Carrier {
+            caller: valid.then_some(cx),
         }
-        if let Some(v) = tracestate {
-            map.insert("tracestate", v);
-        }
-        Carrier(map)
     }
 
-    /// The `traceparent`'s sampled flag, when it is well formed.
+    /// The `traceparent`'s sampled flag.
     fn sampled_flag(&self) -> Option<bool> {
-        if !self.0.contains_key("traceparent") {
-            return None;
-        }
-        let cx = TraceContextPropagator::new().extract(self);
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| sc.is_sampled())
+        let cx = self.caller.as_ref()?;
+        Some(cx.span().span_context().is_sampled())
     }
 
-    /// The trace id the `traceparent` names, when it is well formed.
+    /// The trace id the `traceparent` names.
     fn trace_id(&self) -> Option<String> {
-        let cx = TraceContextPropagator::new().extract(self);
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| sc.trace_id().to_string())
+        let cx = self.caller.as_ref()?;
+        Some(cx.span().span_context().trace_id().to_string())
     }
 }
 
-impl Extractor for Carrier<'_> {
+/// The two headers the W3C propagator reads.
+struct Headers<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).copied()
+        match key {
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().copied().collect()
+        let mut keys = vec!["traceparent"];
+        keys.extend(self.tracestate.map(|_| "tracestate"));
+        keys
     }
 }
 
 /// Makes `span` (a request's span, not yet entered) the child of the caller's trace, if any.
 pub fn adopt(span: &tracing::Span, carrier: &Carrier) {
-    if span.is_disabled() || carrier.0.is_empty() {
-        return;
+    if let (false, Some(cx)) = (span.is_disabled(), &carrier.caller) {
+        let _ = span.set_parent(cx.clone());
     }
-    let _ = span.set_parent(TraceContextPropagator::new().extract(carrier));
 }
 
 /// The trace a request belongs to, for its access-log line: its span's trace when traces are
