@@ -80,6 +80,19 @@ def prototypes_from(ckpt: dict) -> dict:
     return {"mu": mu.numpy(), "kappa": kappa.numpy(), "r": r.numpy(), "counts": np.asarray(ckpt["counts"], float)}
 
 
+def record_provenance(model_dir: str, runs: str, source: str):
+    """logs/provenance.json: which data and run folder each exported method came from (the report's 'training
+    pixels'), for logs written before `fit` recorded its data in the start event."""
+    path = os.path.join(model_dir, "logs", "provenance.json")
+    prov = json.load(open(path)) if os.path.exists(path) else {}
+    for method in ("proco", "la", "ce", "ldam"):
+        if os.path.exists(os.path.join(runs, f"{method}.pt")):
+            prov[method] = {"data": os.path.basename(os.path.normpath(source)), "runs": os.path.normpath(runs)}
+    with open(path, "w") as fh:
+        json.dump(prov, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+
+
 def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str):
     cifar = D.load_cifar10(source, cache)
     _, val_idx = D.long_tailed_split(cifar.train_y)
@@ -94,6 +107,7 @@ def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str
     for name in os.listdir(runs):
         if name.endswith(".log.jsonl") or name == "console.log":
             shutil.copy(os.path.join(runs, name), os.path.join(model_dir, "logs", name))
+    record_provenance(model_dir, runs, source)
 
     proto = prototypes_from(ckpt)
     tau, alpha = float(ckpt["tau"]), float(ckpt["alpha"])

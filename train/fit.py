@@ -291,4 +291,5 @@ def run(method: str, data_source: str, out_dir: str, cache: str | None = None, m
     if max_images:  # smoke tests only: a random subset of the LT set
         train_idx = np.random.RandomState(seed).permutation(train_idx)[:max_images]
     return train_arrays(method, cifar.train_x[train_idx], cifar.train_y[train_idx], out_dir, seed=seed,
-                        classes=len(D.CLASSES), extra_log={"max_images": max_images} if max_images else None, **kw)
+                        classes=len(D.CLASSES), extra_log={"data": os.path.basename(os.path.normpath(data_source)),
+                                                           **({"max_images": max_images} if max_images else {})}, **kw)
