@@ -16,6 +16,7 @@ recorded with the results.
 """
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -72,6 +73,7 @@ def measure(args):
             runs.append({"round": r + 1, "batch_size": b, "order": order, **pair})
     return {
         "models": models, "onnxruntime": ort.__version__, "cpu": cpu_info(),
+        "sha256": {k: hashlib.sha256(open(path, "rb").read()).hexdigest() for k, path in models.items()},
         "loadavg_before": open("/proc/loadavg").read().split()[:3],
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "seconds": args.seconds, "warmup": args.warmup, "runs": runs,

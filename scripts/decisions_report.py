@@ -2,7 +2,7 @@
 """Writes models/cifar10-lt/DECISIONS.md from the committed eval reports (standard library only).
 
 Inputs (all committed, all written by `proco-serve eval`):
-  models/cifar10-lt/decisions/test.json         balanced test set, --fit-conformal data/val
+  models/cifar10-lt/decisions/test.json         balanced test set, --fit-conformal on the validation split
   models/cifar10-lt/decisions/shift-train.json  the test set subsampled to the training prior
   models/cifar10-lt/prototypes.json             the conformal scores (per class counts)
 
@@ -152,13 +152,14 @@ def render() -> str:
             "",
             "## Commands", "",
             "```sh",
-            "python -m train folders --data ../shared/data/cifar10-jpeg.tar.xz --out data/splits   # data/splits/val",
-            "tar xJf ../shared/data/cifar10-jpeg.tar.xz -C data                                   # data/test",
+            "# all of it, with the rest of the model's files: scripts/ship_model.sh RUNS cifar10-png.tar.xz cifar10-jpeg.tar.xz",
+            "python -m train folders --data cifar10-png.tar.xz --out data/png-splits   # data/png-splits/val",
+            "mkdir -p data/png && tar xJf cifar10-png.tar.xz -C data/png test          # data/png/test",
             "cargo build --release",
-            "target/release/proco-serve eval --data data/test --fit-conformal data/splits/val --write-prototypes models/cifar10-lt/prototypes.json \\",
+            "target/release/proco-serve eval --data data/png/test --fit-conformal data/png-splits/val --write-prototypes models/cifar10-lt/prototypes.json \\",
             "    --prior uniform --report models/cifar10-lt/decisions/test.json --risk-coverage models/cifar10-lt/decisions/risk-coverage.png \\",
             "    --export-scores scores.json && gzip -9 -c scores.json > models/cifar10-lt/decisions/scores.json.gz",
-            "target/release/proco-serve eval --data data/test --shift train --prior uniform --report models/cifar10-lt/decisions/shift-train.json",
+            "target/release/proco-serve eval --data data/png/test --shift train --prior uniform --report models/cifar10-lt/decisions/shift-train.json",
             "python3 scripts/decisions_report.py",
             "bash tests/conformal/run.sh          # the same sets from crepes",
             "```", ""]

@@ -9,8 +9,8 @@ Starts `target/release/proco-serve` on a temporary copy of models/cifar10-lt and
      between values of k (POST /admin/prototypes/rollback);
   3. rolls back to the original and adds the same k images to truck's training prototype (truck is
      the rarest class of CIFAR-10-LT: 50 training images).
-After each step it reports top-1 on truck and overall, for both rules. Needs the JPEG archive
-(../shared/data/cifar10-jpeg.tar.xz or --data) and .venv (numpy, PIL: train/data.py computes the
+After each step it reports top-1 on truck and overall, for both rules. Needs a CIFAR-10 archive
+(--data: the PNG or the JPEG copy) and .venv (numpy, PIL: train/data.py computes the
 split). Usage: .venv/bin/python scripts/fewshot.py [--out models/cifar10-lt/FEWSHOT.md]
 """
 import argparse
@@ -49,8 +49,9 @@ def multipart(images):
     boundary = uuid.uuid4().hex
     out = bytearray()
     for i, blob in enumerate(images):
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"i{i}\"; filename=\"{i}.jpg\"\r\n"
-                f"Content-Type: image/jpeg\r\n\r\n").encode()
+        ext = "png" if blob.startswith(b"\x89PNG\r\n\x1a\n") else "jpeg"
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"i{i}\"; filename=\"{i}.{ext}\"\r\n"
+                f"Content-Type: image/{ext}\r\n\r\n").encode()
         out += blob + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f"multipart/form-data; boundary={boundary}"
@@ -173,8 +174,8 @@ def main():
     lines = [
         "# Few-shot class addition through the server",
         "",
-        "Recomputed by `.venv/bin/python scripts/fewshot.py` (the release server, over HTTP only) from the",
-        "committed model and prototypes and the CIFAR-10 JPEG archive. `truck` is the rarest class of",
+        f"Recomputed by `.venv/bin/python scripts/fewshot.py --data {os.path.basename(args.data)}` (the release server,",
+        f"over HTTP only) from the committed model and prototypes and the images of that CIFAR-10 archive. `truck` is the rarest class of",
         "CIFAR-10-LT (50 training images). The k taught images are truck training images that neither the",
         f"long-tailed subset nor the validation split used (seed {args.seed}; the same images for every row).",
         "Top-1 in % on the balanced test set (1,000 truck images, 10,000 in all), uniform prior, fitted",

@@ -12,6 +12,7 @@ Standard library only.
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import statistics
@@ -30,16 +31,17 @@ GOAL_SPEEDUP, GOAL_POINTS = 1.5, 0.5
 COMMANDS = """\
 ```sh
 python3 -m venv .venv && .venv/bin/pip install -r train/requirements-quant.txt
-.venv/bin/python -c "from train.data import write_folders; write_folders('cifar10-jpeg.tar.xz', 'data/cifar10_u8.npz', 'data/splits')"
-tar xJf cifar10-jpeg.tar.xz -C data                      # data/test/<label>/*.jpg
-.venv/bin/python -m train.quantize --val data/splits/val --compare   # writes encoder.int8.onnx
+# scripts/ship_model.sh runs these (and the rest of the model's files) after a new training run
+python -m train folders --data cifar10-png.tar.xz --out data/png-splits   # data/png-splits/val
+mkdir -p data/png && tar xJf cifar10-png.tar.xz -C data/png test          # data/png/test/<label>/*.png
+.venv/bin/python -m train.quantize --val data/png-splits/val --compare   # writes encoder.int8.onnx
 B=target/release/proco-serve
 # int8 temperatures, fitted on the validation split (printed as the TOML table for model.toml)
-$B eval --encoder-variant int8 --fit-temperatures data/splits/val --prototypes-temperatures \\
+$B eval --encoder-variant int8 --fit-temperatures data/png-splits/val --prototypes-temperatures \\
   2> models/cifar10-lt/logs/int8-fit-temperatures.log
-$B eval --data data/test --report models/cifar10-lt/eval/fp32-test.json
-$B eval --data data/test --encoder-variant int8 --prototypes-temperatures --report models/cifar10-lt/eval/int8-test-fp32-temperatures.json
-$B eval --data data/test --encoder-variant int8 --report models/cifar10-lt/eval/int8-test.json
+$B eval --data data/png/test --report models/cifar10-lt/eval/fp32-test.json
+$B eval --data data/png/test --encoder-variant int8 --prototypes-temperatures --report models/cifar10-lt/eval/int8-test-fp32-temperatures.json
+$B eval --data data/png/test --encoder-variant int8 --report models/cifar10-lt/eval/int8-test.json
 .venv/bin/python scripts/bench_int8.py --rounds 3 --seconds 4 --json benches/results/int8/raw.json
 scripts/bench-int8-server.sh benches/results/int8 target/release/proco-serve 4
 # the second machine: the same two commands into benches/results/int8-xeon
@@ -127,9 +129,22 @@ def fit_section(lines):
     path = os.path.join(ROOT, "models/cifar10-lt/logs/int8-fit-temperatures.log")
     fits = [ln.strip() for ln in open(path) if ln.strip().split(" ")[0] in RULES]
     lines += ["## Temperatures for int8 (validation split)", "",
-              "`proco-serve eval --encoder-variant int8 --fit-temperatures data/splits/val` starting from the fp32 "
+              "`proco-serve eval --encoder-variant int8 --fit-temperatures data/png-splits/val` starting from the fp32 "
               "temperatures: each rule's T and its validation NLL before and after the refit "
               "(`models/cifar10-lt/logs/int8-fit-temperatures.log`):", "", "```"] + fits + ["```", ""]
+
+
+def weights_note(res) -> str:
+    """Whether the timed encoder files are the committed ones (bench_int8.py records their sha256)."""
+    timed = res.get("sha256")
+    if timed and all(sha256(os.path.join(ROOT, path)) == timed.get(name) for name, path in res["models"].items()):
+        return "The encoder files timed are the committed ones."
+    return ("The encoder files timed were those committed at that time: a re-export with new weights keeps the graph, "
+            "its shapes and its quantisation, so the same kernels run.")
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.exists(path) else ""
 
 
 def raw_section(lines, bench=BENCH, title="## Raw ONNX Runtime throughput"):
@@ -140,7 +155,7 @@ def raw_section(lines, bench=BENCH, title="## Raw ONNX Runtime throughput"):
               f"`scripts/bench_int8.py` ({res['started_utc']}): onnxruntime {res['onnxruntime']}, the server's session "
               f"defaults, {res['seconds']:g} s per measurement, fp32 and int8 interleaved per batch size, order "
               f"alternating between rounds. CPU: **{cpu['model_name']}**, {cpu['cpus']} CPUs; flags: {flags}. "
-              f"Load average before: {' '.join(res['loadavg_before'])}.", "",
+              f"Load average before: {' '.join(res['loadavg_before'])}. {weights_note(res)}", "",
               "| round | batch | fp32 images/s | int8 images/s | int8 / fp32 | other CPU load (fp32 / int8) |",
               "|---|---|---|---|---|---|"]
     ratios = {}

@@ -63,6 +63,8 @@ def main(argv=None):
     e.add_argument("--cache", default=None)
     e.add_argument("--model-dir", default="models/cifar10-lt")
     e.add_argument("--fixtures", default="tests/fixtures/parity")
+    e.add_argument("--fixtures-data", default=None,
+                   help="archive the parity images come from (default: --data); the JPEG copy keeps the JPEG decoder under test")
 
     r = sub.add_parser("report", help="recompute REPORT.md from the committed model files")
     r.add_argument("--data", required=True)
@@ -90,7 +92,7 @@ def main(argv=None):
         run_all(a)
     elif a.cmd == "export":
         from .export import export_all
-        export_all(a.runs, a.data, a.cache, a.model_dir, a.fixtures)
+        export_all(a.runs, a.data, a.cache, a.model_dir, a.fixtures, a.fixtures_data)
     elif a.cmd == "folders":
         from .data import write_folders
         write_folders(a.data, a.cache, a.out, a.with_train)

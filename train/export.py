@@ -93,7 +93,7 @@ def record_provenance(model_dir: str, runs: str, source: str):
         fh.write("\n")
 
 
-def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str):
+def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str, fixtures_source: str | None = None):
     cifar = D.load_cifar10(source, cache)
     _, val_idx = D.long_tailed_split(cifar.train_y)
     val_x, val_y = cifar.train_x[val_idx], cifar.train_y[val_idx]
@@ -136,7 +136,9 @@ def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str
     with open(os.path.join(model_dir, "model.toml"), "w") as fh:
         fh.write(MODEL_TOML.format(name=MODEL_NAME))
     print(f"  prototypes version {doc['version']}, default rule {default_rule}")
-    write_fixtures(wrapper, doc, source, cifar, fixtures)
+    if fixtures_source and fixtures_source != source:
+        cifar = D.load_cifar10(fixtures_source, D.default_cache(fixtures_source))
+    write_fixtures(wrapper, doc, fixtures_source or source, cifar, fixtures)
 
 
 def write_fixtures(wrapper: ExportWrapper, doc: dict, source: str, cifar: D.Cifar10, folder: str):
