@@ -88,6 +88,18 @@ $B eval --data "$TEST" --encoder-variant int8 --prototypes-temperatures \
 $B eval --data "$TEST" --encoder-variant int8 --report "$MODEL/eval/int8-test.json" > /dev/null
 python3 scripts/int8_report.py
 
+step "the Kubernetes base's ConfigMap copy of the manifest and prototypes"
+cp "$MODEL/prototypes.json" deploy/k8s/base/model/prototypes.json
+python3 - "$MODEL/model.toml" deploy/k8s/base/model/model.toml <<'EOF'
+import re, sys
+body = open(sys.argv[1]).read().split("\n", 1)[1]  # without the first comment line
+body = re.sub(r'(?m)^encoder = "([^"/]+)"', r'encoder = "/opt/proco/models/cifar10-lt/\1"', body)
+header = ("# model.toml as mounted from the proco-model ConfigMap (model_dir = /etc/proco/model).\n"
+          "# The encoder is too large for a ConfigMap (1 MiB limit), so it stays in the image and is named\n"
+          "# by absolute path; the prototypes come from this ConfigMap and hot-reload when it changes.\n")
+open(sys.argv[2], "w").write(header + body)
+EOF
+
 step "REPORT.md and COMPARISON.md"
 $PY -m train report --data "$ARCHIVE"
 python3 scripts/comparison_table.py
