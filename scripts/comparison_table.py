@@ -106,8 +106,47 @@ def build(report: dict, official: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def top1(report: dict, rule: str) -> float:
+    return next(r["metrics"]["top1"] for r in report["rows"]
+                if r["rule"] == rule and r["prior"] == "uniform" and not r["calibrated"])
+
+
+def choice_section(folder: Path, default_rule: str) -> str:
+    """Which model is served: the previous bundled model against this one on the validation split (never the
+    test set), as `proco-serve eval` measured them (eval/choice/*.json), on both copies of the pixels."""
+    names = {"previous-val-png": "previous, PNG", "val-png": "this, PNG", "previous-val-jpeg": "previous, JPEG",
+             "val-jpeg": "this, JPEG"}
+    if not all((folder / f"{n}.json").exists() for n in names):
+        return ""
+    reports = {n: json.loads((folder / f"{n}.json").read_text()) for n in names}
+    rules = [r["rule"] for r in reports["val-png"]["rows"] if r["prior"] == "uniform" and not r["calibrated"]]
+    lines = ["## Which model is served", "",
+             "The model in this folder replaced the previous bundled one because it is better on the validation "
+             "split (1,000 images the training never saw; the test set chooses nothing). `proco-serve eval`, "
+             "uniform prior, T = 1, top-1 %, on the validation images of each copy of CIFAR-10 "
+             "(`eval/choice/*.json`; previous: prototypes " + reports["previous-val-png"]["prototypes_version"]
+             + ", this: " + reports["val-png"]["prototypes_version"] + "):", "",
+             "| rule | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
+    for rule in rules:
+        lines.append(f"| {rule} | " + " | ".join(pct(top1(reports[n], rule)) for n in names) + " |")
+    diff = {(c, r): 100 * (top1(reports[f"val-{c}"], r) - top1(reports[f"previous-val-{c}"], r))
+            for c in ("png", "jpeg") for r in rules}
+    default = reports["val-png"].get("default_rule") or default_rule
+    lines += ["", f"This model against the previous one, served default rule `{default}`: "
+              f"{diff['png', default]:+.2f} points on the PNG copy, {diff['jpeg', default]:+.2f} on the JPEG copy. "
+              "Every rule, PNG: " + ", ".join(f"{r} {diff['png', r]:+.2f}" for r in rules)
+              + "; JPEG: " + ", ".join(f"{r} {diff['jpeg', r]:+.2f}" for r in rules) + ".",
+              "The previous model was trained on the JPEG copy and this one on the lossless pixels, so the JPEG "
+              "images of CIFAR-10 lose this model most of what it gained: send lossless images where you have them.", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     text = build(json.loads((MODEL / "report.json").read_text()), json.loads(OFFICIAL.read_text()))
+    report = json.loads((MODEL / "report.json").read_text())
+    choice = choice_section(MODEL / "eval" / "choice", report["default_rule"])
+    if choice:
+        text += "\n" + choice
     if "--check" in argv:
         if not OUT.exists() or OUT.read_text() != text:
             print(f"{OUT.relative_to(ROOT)} is out of date: run python3 scripts/comparison_table.py", file=sys.stderr)

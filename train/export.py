@@ -104,8 +104,10 @@ def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str
     for base in ("la", "ce", "ldam"):
         if os.path.exists(os.path.join(runs, f"{base}.pt")):
             export_onnx(load_model(os.path.join(runs, f"{base}.pt"))[0], os.path.join(model_dir, "baselines", f"{base}.onnx"))
+    # Only the logs of finished runs: a run still going in the same folder keeps its log there.
     for name in os.listdir(runs):
-        if name.endswith(".log.jsonl") or name == "console.log":
+        finished = name.endswith(".log.jsonl") and os.path.exists(os.path.join(runs, name.replace(".log.jsonl", ".pt")))
+        if finished or name == "console.log":
             shutil.copy(os.path.join(runs, name), os.path.join(model_dir, "logs", name))
     record_provenance(model_dir, runs, source)
 
