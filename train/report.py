@@ -150,10 +150,12 @@ def _console_facts(path: str) -> str:
 
 def _epochs_note(tr) -> str:
     done = {m: tr[m].get("epochs") for m in TRAINED if tr.get(m)}
-    if len(set(done.values())) <= 1:
-        return f"All methods ran the same {next(iter(done.values()), '?')} epochs."
-    return ("The runs did not get the same number of epochs (" + ", ".join(f"{m}: {e}" for m, e in done.items())
-            + "): each shrank its schedule to fit the shared time budget, and the comparison is only as fair as that.")
+    short = {m: e for m, e in done.items() if e != tr[m].get("planned_epochs")}
+    if not short:
+        return f"Every run trained its full schedule ({', '.join(f'{m}: {e}' for m, e in done.items())} epochs)."
+    return ("Not every run trained its full schedule: " + ", ".join(
+        f"{METHOD_NAMES[m]} {e} of {tr[m].get('planned_epochs')} epochs ({tr[m].get('rescale') or 'stopped early'})"
+        for m, e in short.items()) + ". Those rows are not a like-for-like comparison with the full runs.")
 
 
 def _markdown(r, proto, path, source):
