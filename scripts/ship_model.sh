@@ -39,7 +39,7 @@ step "validation split ($VAL) and test set ($TEST) from $ARCHIVE"
 
 step "export: encoder, prototypes (temperatures fitted on validation), parity fixtures from $FIXTURES_ARCHIVE"
 rm -f tests/fixtures/parity/*.jpg tests/fixtures/parity/*.png
-$PY -m train export --runs "$RUNS" --data "$ARCHIVE" --model-dir "$MODEL" --fixtures tests/fixtures/parity \
+$PY -m train export --runs "$RUNS" --methods proco --data "$ARCHIVE" --model-dir "$MODEL" --fixtures tests/fixtures/parity \
   --fixtures-data "$FIXTURES_ARCHIVE"
 
 step "conformal scores on validation; decisions on the test set"

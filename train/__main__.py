@@ -63,6 +63,9 @@ def main(argv=None):
     e.add_argument("--cache", default=None)
     e.add_argument("--model-dir", default="models/cifar10-lt")
     e.add_argument("--fixtures", default="tests/fixtures/parity")
+    e.add_argument("--methods", default="proco,la,ce,ldam",
+                   help="the finished runs to export; without proco only the baselines' encoders and logs (the bundled "
+                        "model, its prototypes and fixtures stay)")
     e.add_argument("--fixtures-data", default=None,
                    help="archive the parity images come from (default: --data); the JPEG copy keeps the JPEG decoder under test")
 
@@ -92,7 +95,7 @@ def main(argv=None):
         run_all(a)
     elif a.cmd == "export":
         from .export import export_all
-        export_all(a.runs, a.data, a.cache, a.model_dir, a.fixtures, a.fixtures_data)
+        export_all(a.runs, a.data, a.cache, a.model_dir, a.fixtures, a.fixtures_data, tuple(a.methods.split(",")))
     elif a.cmd == "folders":
         from .data import write_folders
         write_folders(a.data, a.cache, a.out, a.with_train)

@@ -80,36 +80,45 @@ def prototypes_from(ckpt: dict) -> dict:
     return {"mu": mu.numpy(), "kappa": kappa.numpy(), "r": r.numpy(), "counts": np.asarray(ckpt["counts"], float)}
 
 
-def record_provenance(model_dir: str, runs: str, source: str):
+def record_provenance(model_dir: str, runs: str, source: str, methods):
     """logs/provenance.json: which data and run folder each exported method came from (the report's 'training
     pixels'), for logs written before `fit` recorded its data in the start event."""
     path = os.path.join(model_dir, "logs", "provenance.json")
     prov = json.load(open(path)) if os.path.exists(path) else {}
-    for method in ("proco", "la", "ce", "ldam"):
-        if os.path.exists(os.path.join(runs, f"{method}.pt")):
-            prov[method] = {"data": os.path.basename(os.path.normpath(source)), "runs": os.path.normpath(runs)}
+    for method in methods:
+        prov[method] = {"data": os.path.basename(os.path.normpath(source)), "runs": os.path.normpath(runs)}
     with open(path, "w") as fh:
         json.dump(prov, fh, indent=1, sort_keys=True)
         fh.write("\n")
 
 
-def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str, fixtures_source: str | None = None):
+def export_runs(runs: str, model_dir: str, source: str, methods) -> list[str]:
+    """ONNX encoders and logs of the finished runs among `methods`: ProCo's as encoder.onnx, the baselines'
+    as baselines/<method>.onnx. A run still going in the same folder (no <method>.pt yet) is left alone."""
+    os.makedirs(os.path.join(model_dir, "logs"), exist_ok=True)
+    done = [m for m in methods if os.path.exists(os.path.join(runs, f"{m}.pt"))]
+    for m in done:
+        out = "encoder.onnx" if m == "proco" else os.path.join("baselines", f"{m}.onnx")
+        export_onnx(load_model(os.path.join(runs, f"{m}.pt"))[0], os.path.join(model_dir, out))
+        shutil.copy(os.path.join(runs, f"{m}.log.jsonl"), os.path.join(model_dir, "logs", f"{m}.log.jsonl"))
+    if "proco" in done and os.path.exists(os.path.join(runs, "console.log")):
+        shutil.copy(os.path.join(runs, "console.log"), os.path.join(model_dir, "logs", "console.log"))
+    record_provenance(model_dir, runs, source, done)
+    return done
+
+
+def export_all(runs: str, source: str, cache: str, model_dir: str, fixtures: str, fixtures_source: str | None = None,
+               methods=("proco", "la", "ce", "ldam")):
+    if "proco" not in methods:  # baselines only: the bundled ProCo model, its prototypes and fixtures stay
+        print("  exported:", ", ".join(export_runs(runs, model_dir, source, methods)) or "nothing (no finished run)")
+        return
+    if not os.path.exists(os.path.join(runs, "proco.pt")):
+        raise SystemExit(f"{runs}/proco.pt not found: the ProCo run has not finished")
     cifar = D.load_cifar10(source, cache)
     _, val_idx = D.long_tailed_split(cifar.train_y)
     val_x, val_y = cifar.train_x[val_idx], cifar.train_y[val_idx]
-    os.makedirs(os.path.join(model_dir, "logs"), exist_ok=True)
-
+    export_runs(runs, model_dir, source, methods)
     wrapper, ckpt = load_model(os.path.join(runs, "proco.pt"))
-    export_onnx(wrapper, os.path.join(model_dir, "encoder.onnx"))
-    for base in ("la", "ce", "ldam"):
-        if os.path.exists(os.path.join(runs, f"{base}.pt")):
-            export_onnx(load_model(os.path.join(runs, f"{base}.pt"))[0], os.path.join(model_dir, "baselines", f"{base}.onnx"))
-    # Only the logs of finished runs: a run still going in the same folder keeps its log there.
-    for name in os.listdir(runs):
-        finished = name.endswith(".log.jsonl") and os.path.exists(os.path.join(runs, name.replace(".log.jsonl", ".pt")))
-        if finished or name == "console.log":
-            shutil.copy(os.path.join(runs, name), os.path.join(model_dir, "logs", name))
-    record_provenance(model_dir, runs, source)
 
     proto = prototypes_from(ckpt)
     tau, alpha = float(ckpt["tau"]), float(ckpt["alpha"])

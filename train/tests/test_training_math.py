@@ -142,3 +142,15 @@ def test_shipped_prototypes_follow_the_documented_schema():
     # The content-derived version is what the exporter computes.
     from train.export import version_id
     assert doc["version"] == version_id(doc)
+
+
+def test_export_leaves_a_run_that_is_still_going_alone(tmp_path):
+    # A baseline training in the same folder as the finished ProCo run has a log but no <method>.pt yet:
+    # exporting must neither copy its partial log over the shipped one nor record it as exported.
+    from train.export import export_runs
+    runs, model = tmp_path / "runs", tmp_path / "model"
+    runs.mkdir()
+    (runs / "la.log.jsonl").write_text('{"event": "start"}\n')
+    assert export_runs(str(runs), str(model), "cifar10-png.tar.xz", ("la", "ce")) == []
+    assert not (model / "logs" / "la.log.jsonl").exists()
+    assert (model / "logs" / "provenance.json").read_text().strip() == "{}"
