@@ -216,9 +216,10 @@ def _markdown(r, proto, path, source):
               "# command resumes it bit for bit) or on a GPU with --device cuda; train/README.md has the details",
               "python -m train fit --method proco --data cifar10-png.tar.xz --out train/checkpoints/cifar10-png \\",
               "    --device cpu --threads 2 --resume --max-seconds 8100 --ckpt-every 5",
-              "python -m train export --runs train/checkpoints/cifar10-png --data cifar10-png.tar.xz",
-              "python -m train report --data cifar10-png.tar.xz",
-              "python3 scripts/comparison_table.py",
+              "# export, conformal scores, INT8, eval reports, this report, COMPARISON.md and FEWSHOT.md:",
+              "scripts/ship_model.sh train/checkpoints/cifar10-png cifar10-png.tar.xz cifar10-jpeg.tar.xz",
+              "# a finished baseline run (la, ce, ldam) beside it",
+              "scripts/ship_baseline.sh la train/checkpoints/cifar10-png cifar10-png.tar.xz",
               "```", "",
               f"Report computed on {platform.machine()} with Python {sys.version.split()[0]}, ONNX Runtime (CPU)."]
     open(path, "w").write("\n".join(lines) + "\n")
