@@ -19,6 +19,9 @@ scratch=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$scratch"' EXIT
 cp -r models/cifar10-lt "$scratch/model"
 rm -rf "$scratch/model/logs" "$scratch"/model/*.versions
+# Created here, not by the background job's redirect: the loop below may read it before that job
+# has run, and sed on a missing file would end the script under set -e.
+: > "$scratch/stdout"
 env -u PROCO_CONFIG PROCO_ADMIN_TOKEN=openapi-test "$binary" --listen 127.0.0.1:0 --grpc-listen off \
   --model-dir "$scratch/model" --log-level warn > "$scratch/stdout" 2> "$scratch/server.log" &
 pid=$!
