@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from generated_file import write_or_check
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "cifar10-lt"
 OUT = MODEL / "COMPARISON.md"
@@ -131,9 +133,8 @@ def choice_section(folder: Path, default_rule: str) -> str:
         lines.append(f"| {rule} | " + " | ".join(pct(top1(reports[n], rule)) for n in names) + " |")
     diff = {(c, r): 100 * (top1(reports[f"val-{c}"], r) - top1(reports[f"previous-val-{c}"], r))
             for c in ("png", "jpeg") for r in rules}
-    default = reports["val-png"].get("default_rule") or default_rule
-    lines += ["", f"This model against the previous one, served default rule `{default}`: "
-              f"{diff['png', default]:+.2f} points on the PNG copy, {diff['jpeg', default]:+.2f} on the JPEG copy. "
+    lines += ["", f"This model against the previous one, served default rule `{default_rule}`: "
+              f"{diff['png', default_rule]:+.2f} points on the PNG copy, {diff['jpeg', default_rule]:+.2f} on the JPEG copy. "
               "Every rule, PNG: " + ", ".join(f"{r} {diff['png', r]:+.2f}" for r in rules)
               + "; JPEG: " + ", ".join(f"{r} {diff['jpeg', r]:+.2f}" for r in rules) + ".",
               "The previous model was trained on the JPEG copy and this one on the lossless pixels, so the JPEG "
@@ -142,21 +143,12 @@ def choice_section(folder: Path, default_rule: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = build(json.loads((MODEL / "report.json").read_text()), json.loads(OFFICIAL.read_text()))
     report = json.loads((MODEL / "report.json").read_text())
+    text = build(report, json.loads(OFFICIAL.read_text()))
     choice = choice_section(MODEL / "eval" / "choice", report["default_rule"])
     if choice:
         text += "\n" + choice
-    if "--check" in argv:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT.relative_to(ROOT)} is out of date: run python3 scripts/comparison_table.py", file=sys.stderr)
-            return 1
-        print(f"{OUT.relative_to(ROOT)} is up to date")
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT.relative_to(ROOT)}")
-    return 0
-
+    return write_or_check(OUT, text, "--check" in argv, "python3 scripts/comparison_table.py")
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -23,6 +23,8 @@ import math
 import sys
 from pathlib import Path
 
+from generated_file import write_or_check
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "cifar10-lt"
 OUT = MODEL / "DECISIONS.md"
@@ -167,17 +169,7 @@ def render() -> str:
 
 
 def main() -> int:
-    text = render()
-    if "--check" in sys.argv[1:]:
-        if OUT.read_text() != text:
-            print(f"{OUT} is not what scripts/decisions_report.py writes from the committed reports", file=sys.stderr)
-            return 1
-        print(f"{OUT}: up to date")
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
-    return 0
-
+    return write_or_check(OUT, render(), "--check" in sys.argv[1:], "python3 scripts/decisions_report.py")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,9 @@ import json
 import os
 import statistics
 import sys
+from pathlib import Path
+
+from generated_file import write_or_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL = os.path.join(ROOT, "models/cifar10-lt/eval")
@@ -261,15 +264,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    text = build()
-    if args.check:
-        same = os.path.exists(OUT) and open(OUT).read() == text
-        print("REPORT-int8.md is " + ("up to date" if same else "stale"))
-        return 0 if same else 1
-    with open(OUT, "w") as f:
-        f.write(text)
-    print(f"wrote {OUT}")
-    return 0
+    return write_or_check(Path(OUT), build(), args.check, "python3 scripts/int8_report.py")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ with open(sys.argv[2], "w") as fh:
 EOF
 
 step "INT8 variant: quantised on validation, its own temperatures"
+# --compare also writes the shipped graph (the default setting); its log ends with that line.
 $PY -m train.quantize --val "$VAL" --compare > "$MODEL/logs/quantize-compare.log"
-$PY -m train.quantize --val "$VAL" > "$MODEL/logs/quantize.log"
 # export wrote a manifest with the fp32 encoder only: declare the variant, fit its temperatures,
 # then add them to its table (the last one in the file).
 VERSION=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['version'])" "$MODEL/prototypes.json")
