@@ -27,11 +27,12 @@ METHOD_NAMES = {"proco": "ProCo", "la": "LA", "ce": "CE", "ldam": "LDAM-DRW"}
 def _read_log(path, provenance=None):
     """Training facts of one run from its log; `provenance` (logs/provenance.json, written by export) names the
     training data of runs whose log predates the start event's `data` field."""
-    facts = {}
+    facts, epoch_seconds, resumes = {}, [], 0
     if not os.path.exists(path):
         return facts
     for line in open(path):
         rec = json.loads(line)
+        resumes += rec["event"] == "resume"  # a paused run continued from its checkpoint
         if rec["event"] == "start":
             facts.update(device=rec.get("device_name"), torch=rec.get("torch"), planned_epochs=rec["epochs"],
                          train_images=rec["train_images"], data=rec.get("data") or (provenance or {}).get("data"),
@@ -42,7 +43,16 @@ def _read_log(path, provenance=None):
             facts.update(epochs=rec["epochs"], train_seconds=rec["train_seconds"])
         elif rec["event"] == "epoch":
             facts["last_train_acc"] = rec["train_acc"]
+            if "epoch_seconds" in rec:
+                epoch_seconds.append(rec["epoch_seconds"])
+    if epoch_seconds:
+        facts["median_epoch_seconds"] = float(np.median(epoch_seconds))
+    facts["resumes"] = resumes
     return facts
+
+
+def _seconds(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
 
 
 def _row(name, m):
@@ -172,14 +182,18 @@ def _markdown(r, proto, path, source):
              "- Test: the balanced 10,000-image CIFAR-10 test set, uniform target prior.",
              "- Shot groups (official split): many > 100 training images, medium 20-100, few < 20. CIFAR-10-LT at "
              "imbalance 100 has no class under 20 images, so 'few' is n/a.", "",
-             "## Training runs", "", "| method | epochs | training data | wall time (s) | device | bfloat16 | note |",
-             "|---|---|---|---|---|---|---|"]
+             "## Training runs", "",
+             "Wall time is the training itself, summed over the pieces of a run that paused (`--max-seconds`) and "
+             "was resumed from its checkpoint; the median epoch includes epochs slowed by other work on the machine.", "",
+             "| method | epochs | training data | wall time (s) | resumes | median epoch (s) | device | bfloat16 | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in TRAINED:
         f = tr.get(m, {})
         if f:
             amp = {True: "yes", False: "no"}.get(f.get("amp"), "GPU only")
             lines.append(f"| {METHOD_NAMES[m]} | {f.get('epochs')} (planned {f.get('planned_epochs')}) | "
-                         f"{f.get('data') or 'not recorded (JPEG copy)'} | {f.get('train_seconds')} | {f.get('device')} | "
+                         f"{f.get('data') or 'not recorded (JPEG copy)'} | {f.get('train_seconds')} | "
+                         f"{f.get('resumes', 'n/a')} | {_seconds(f.get('median_epoch_seconds'))} | {f.get('device')} | "
                          f"{amp} | {f.get('rescale', '')} |")
     lines += ["", "## Methods compared (uniform prior, test set)", "",
               "ProCo is shown with the official test rule (its linear head) and with the served default rule. "
