@@ -114,6 +114,18 @@ def build(report: dict, official: dict) -> str:
               "batched augmentation pipeline, which draws from the same distributions as the official per-image "
               "one but with other random numbers (`train/README.md`).",
               f"- Pixels: {data_name(proco)} for this run."]
+    published = [(m, top, src) for m, top, src in PUBLISHED_BASELINES
+                 if next((k for k, _, label in BASELINES if label == m), None) in models]
+    if published:
+        lines += ["", "## The baselines against their published figures", ""]
+        for method, top, _ in published:
+            key = next(k for k, _, label in BASELINES if label == method)
+            here = models[key]["uncalibrated"]["top1"] * 100
+            lines.append(f"- {method} here: {here:.2f}% against {top:.2f}% published ({here - top:+.2f} points). "
+                         "The loss is the paper's (margins, s, deferred re-weighting), but the recipe is ProCo's: "
+                         "AutoAugment and Cutout where the paper crops and flips, learning rate 0.3 and batch 256 "
+                         "where it has 0.1 and 128, and ProCo's step schedule (`train/README.md`, \"Differences "
+                         "from the official code\", row 12). One seed each.")
     return "\n".join(lines) + "\n"
 
 
