@@ -34,7 +34,8 @@ def _read_log(path, provenance=None):
         rec = json.loads(line)
         resumes += rec["event"] == "resume"  # a paused run continued from its checkpoint
         if rec["event"] == "start":
-            facts.update(device=rec.get("device_name"), torch=rec.get("torch"), planned_epochs=rec["epochs"],
+            facts.update(device=rec.get("device_name"), on_gpu=str(rec.get("device", "")).startswith("cuda"),
+                         torch=rec.get("torch"), planned_epochs=rec["epochs"],
                          train_images=rec["train_images"], data=rec.get("data") or (provenance or {}).get("data"),
                          amp=rec.get("amp"))
         elif rec["event"] == "rescale":
@@ -146,8 +147,11 @@ def _plot(results, path, default_rule, zt, ft, mu, kappa, counts, proto, test_y,
     fig.savefig(path, dpi=110)
 
 
-def _console_facts(path: str) -> str:
-    """The GPU command's own account of the machine and its wall time (logs/console.log)."""
+def _console_facts(path: str, training: dict) -> str:
+    """The GPU command's own account of the machine and its wall time (logs/console.log), while a shipped run
+    comes from it."""
+    if not any(f.get("on_gpu") for f in training.values()):
+        return "Every run trained on the CPU and logs every epoch in `logs/<method>.log.jsonl`."
     if not os.path.exists(path):
         return "The runs on the CPU log every epoch in `logs/<method>.log.jsonl`."
     text = open(path).read()
@@ -223,7 +227,7 @@ def _markdown(r, proto, path, source):
               + f"; ProCo ({r['default_rule']}) {100 * r['proco_rules'][r['default_rule']]['calibrated']['top1']:.2f}%.", "",
               "![reliability diagram](reliability.png)", "",
               "## Reproduce", "",
-              _console_facts(os.path.join(os.path.dirname(path), "logs", "console.log")), "",
+              _console_facts(os.path.join(os.path.dirname(path), "logs", "console.log"), tr), "",
               "```sh",
               "python3 -m venv .venv && .venv/bin/pip install -r train/requirements.txt",
               "# one method, 200 epochs, on the CPU in pieces of at most --max-seconds (exit 3 = paused; the same",

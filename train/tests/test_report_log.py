@@ -31,3 +31,13 @@ def test_a_log_without_epoch_times_has_no_median(tmp_path):
     facts = report._read_log(_log(tmp_path, events))
     assert facts["resumes"] == 0 and "median_epoch_seconds" not in facts
     assert report._seconds(facts.get("median_epoch_seconds")) == "n/a"
+
+
+def test_the_gpu_console_log_is_cited_only_while_a_shipped_run_trained_on_a_gpu(tmp_path):
+    console = tmp_path / "console.log"
+    console.write_text("[ce] event=start device=cuda device_name=NVIDIA H200 train_images=12306\nall runs finished in 421.0s\n")
+    cpu = report._read_log(_log(tmp_path, [{"event": "start", "device": "cpu", "epochs": 1, "train_images": 12}]))
+    gpu = dict(cpu, on_gpu=True)
+    assert cpu["on_gpu"] is False
+    assert "console.log" not in report._console_facts(str(console), {"proco": cpu, "ldam": {}})
+    assert "NVIDIA H200, 421 s" in report._console_facts(str(console), {"proco": cpu, "ce": gpu})
