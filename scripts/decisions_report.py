@@ -171,5 +171,6 @@ def render() -> str:
 def main() -> int:
     return write_or_check(OUT, render(), "--check" in sys.argv[1:], "python3 scripts/decisions_report.py")
 
+
 if __name__ == "__main__":
     sys.exit(main())
