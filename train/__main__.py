@@ -35,6 +35,8 @@ def main(argv=None):
     f = sub.add_parser("fit", help="train one method (proco, la, ce or ldam)")
     f.add_argument("--method", choices=list(METHODS), required=True)
     f.add_argument("--data", required=True, help="cifar10-png.tar.xz, cifar10-jpeg.tar.xz or an unpacked folder")
+    f.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10",
+                   help="cifar100: CIFAR-100-LT (the PNG copy's train/<label>/*.png folders), as the official --dataset")
     f.add_argument("--cache", default=None, help="decoded-image cache (.npz; default data/<archive name>_u8.npz)")
     f.add_argument("--out", default="runs/latest")
     _common(f)
@@ -89,7 +91,8 @@ def main(argv=None):
         status = run(a.method, a.data, a.out, cache=a.cache, max_images=a.max_images, seed=a.seed, threads=a.threads,
                      epochs=a.epochs, device=a.device, batch=a.batch, lr=a.lr, pipeline=a.pipeline, workers=a.workers,
                      amp=a.amp, ckpt_every=a.ckpt_every, resume=a.resume, max_seconds=a.max_seconds,
-                     limit_batches=a.limit_batches, warmup_steps=a.warmup_steps, compile=a.compile)
+                     limit_batches=a.limit_batches, warmup_steps=a.warmup_steps, compile=a.compile,
+                     dataset=a.dataset)
         sys.exit(PAUSED if status == "paused" else 0)
     elif a.cmd in ("all", "gpu-all"):
         run_all(a)

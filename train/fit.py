@@ -127,6 +127,8 @@ def train_arrays(method: str, x: np.ndarray, y: np.ndarray, out_dir: str, *, epo
     ckpt_path = os.path.join(out_dir, f"{method}.ckpt.pt")
     config = {"method": method, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "tau": tau, "alpha": alpha,
               "pipeline": pipeline, "amp": amp, "limit_batches": limit_batches, "train_images": int(len(y))}
+    if classes != 10:  # CIFAR-10 checkpoints written before this key existed resume as they are
+        config["classes"] = classes
     t0 = time.time()
     state = None
     if resume and os.path.exists(ckpt_path):
@@ -282,14 +284,17 @@ def train_arrays(method: str, x: np.ndarray, y: np.ndarray, out_dir: str, *, epo
 
 
 def run(method: str, data_source: str, out_dir: str, cache: str | None = None, max_images: int | None = None,
-        seed: int = 0, threads: int | None = None, **kw) -> str:
-    """Load CIFAR-10, take the LT subset, train (see `train_arrays`)."""
+        seed: int = 0, threads: int | None = None, dataset: str = "cifar10", **kw) -> str:
+    """Load CIFAR-10 or CIFAR-100, take the LT subset, train (see `train_arrays`)."""
     if threads:
         torch.set_num_threads(threads)
-    cifar = D.load_cifar10(data_source, cache)
-    train_idx, _ = D.long_tailed_split(cifar.train_y)
+    spec = D.DATASETS[dataset]
+    cifar = D.load_cifar10(data_source, cache, dataset=dataset)
+    train_idx, _ = D.long_tailed_split(cifar.train_y, val_per_class=spec.val_per_class, n_max=spec.n_max)
     if max_images:  # smoke tests only: a random subset of the LT set
         train_idx = np.random.RandomState(seed).permutation(train_idx)[:max_images]
     return train_arrays(method, cifar.train_x[train_idx], cifar.train_y[train_idx], out_dir, seed=seed,
-                        classes=len(D.CLASSES), extra_log={"data": os.path.basename(os.path.normpath(data_source)),
-                                                           **({"max_images": max_images} if max_images else {})}, **kw)
+                        classes=len(spec.classes), extra_log={"data": os.path.basename(os.path.normpath(data_source)),
+                                                              "dataset": dataset,
+                                                              **({"max_images": max_images} if max_images else {})},
+                        **kw)

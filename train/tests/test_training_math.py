@@ -126,6 +126,19 @@ def test_long_tailed_split_counts_and_disjointness():
     assert np.array_equal(train, again)
 
 
+def test_cifar100_long_tailed_split_keeps_every_tail_class_and_20_for_validation():
+    spec = D.DATASETS["cifar100"]
+    counts = D.lt_counts(n_max=spec.n_max, classes=100)
+    assert (counts[0], counts[1], counts[-1], sum(counts)) == (500, 477, 5, 10847)
+    y = np.repeat(np.arange(100), 500)
+    train, val = D.long_tailed_split(y, val_per_class=spec.val_per_class, n_max=spec.n_max)
+    # only class 0, which keeps all 500 officially, gives up kept images to validation
+    assert np.bincount(y[train]).tolist() == [480] + counts[1:]
+    assert np.bincount(y[val]).tolist() == [20] * 100
+    assert not set(train) & set(val)
+    assert spec.classes == sorted(spec.classes) and len(set(spec.classes)) == 100
+
+
 def test_shipped_prototypes_follow_the_documented_schema():
     import copy
 
