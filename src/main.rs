@@ -1,5 +1,6 @@
 //! Command line: `proco-serve` (serve, the default; also `proco-serve serve`) and
-//! `proco-serve eval` (offline evaluation, `src/eval/`).
+//! `proco-serve eval` (offline evaluation, `src/eval/`) and `proco-serve preprocess` (the
+//! pixels the encoder is given, `src/preprocess/dump.rs`).
 //!
 //! Every serve setting is a flag, an environment variable and a key of the TOML config,
 //! with one name (see `config.rs`); `proco-serve --help` lists them.
@@ -29,6 +30,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Evaluate rules and priors on a labelled image folder (accuracy, calibration, label shift).
     Eval(Box<proco_serve::eval::EvalArgs>),
+    /// Write the pixels the encoder is given for each image (decode, EXIF orientation, resize).
+    Preprocess(proco_serve::preprocess::dump::PreprocessArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +44,15 @@ fn main() -> std::process::ExitCode {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("proco-serve eval: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Preprocess(args)) => {
+            return match proco_serve::preprocess::dump::run(args) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("proco-serve preprocess: {e:#}");
                     std::process::ExitCode::FAILURE
                 }
             };

@@ -97,6 +97,11 @@ pub struct InputSpec {
     pub color_order: String,
     #[serde(default = "default_resize")]
     pub resize: String,
+    /// With `shorter_side_then_center_crop`: the shorter side is resized to this before the
+    /// centre crop of `width` x `height` (torchvision's `Resize(256)` + `CenterCrop(224)`);
+    /// default: the larger of `width` and `height`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_shorter: Option<u32>,
     #[serde(default = "default_filter")]
     pub filter: String,
 }
@@ -151,7 +156,11 @@ pub struct ModelManifest {
     pub input: InputSpec,
     pub outputs: OutputSpec,
     pub resize: ResizePolicy,
+    /// The shorter side before the centre crop (`ShorterSideThenCenterCrop`).
+    pub resize_shorter: u32,
     pub filter: image::imageops::FilterType,
+    /// The bilinear filter as PIL computes it (torchvision's Resize), not the image crate's.
+    pub pil_bilinear: bool,
     /// true when the encoder wants BGR channel order.
     pub bgr: bool,
 }
@@ -193,15 +202,23 @@ impl ModelManifest {
                 "input.resize {other:?} is not supported (shorter_side_then_center_crop, stretch)"
             ),
         };
+        let crop_side = raw.input.width.max(raw.input.height);
+        let resize_shorter = raw.input.resize_shorter.unwrap_or(crop_side);
+        if resize_shorter < crop_side {
+            bail!("input.resize_shorter {resize_shorter} is smaller than the {crop_side} px crop");
+        }
         use image::imageops::FilterType;
         let filter = match raw.input.filter.as_str() {
-            "triangle" | "bilinear" => FilterType::Triangle,
+            "triangle" | "bilinear" | "image-triangle" => FilterType::Triangle,
             "nearest" => FilterType::Nearest,
             "catmullrom" | "bicubic" => FilterType::CatmullRom,
             "lanczos3" => FilterType::Lanczos3,
             "gaussian" => FilterType::Gaussian,
             other => bail!("input.filter {other:?} is not supported"),
         };
+        // "image-triangle": the image crate's own triangle filter, which is not PIL's (kept to
+        // measure what PIL's resampling changes; see scripts/preprocess_parity.py).
+        let pil_bilinear = matches!(raw.input.filter.as_str(), "triangle" | "bilinear");
         let bgr = match raw.input.color_order.as_str() {
             "rgb" => false,
             "bgr" => true,
@@ -237,7 +254,9 @@ impl ModelManifest {
             input: raw.input,
             outputs: raw.outputs,
             resize,
+            resize_shorter,
             filter,
+            pil_bilinear,
             bgr,
         })
     }

@@ -1,4 +1,4 @@
-"""Command line: `python -m train {fit,all,export,report,folders} ...` (see train/README.md)."""
+"""Command line: `python -m train {fit,all,export,report,folders,import-official} ...` (see train/README.md)."""
 from __future__ import annotations
 
 import argparse
@@ -82,7 +82,28 @@ def main(argv=None):
     v.add_argument("--out", required=True)
     v.add_argument("--with-train", action="store_true", help="also write the LT training subset")
 
+    o = sub.add_parser("import-official", help="a checkpoint of the official ProCo code as a servable model folder")
+    o.add_argument("ckpt", help="ckpt.pth.tar written by the official code (CIFAR ResNet-32, ImageNet ResNet-50/ResNeXt-50)")
+    o.add_argument("--classes", required=True, help="CLASSES.txt: one label a line, in the checkpoint's class order")
+    o.add_argument("--val", required=True, help="validation folder <label>/*: temperatures and conformal scores")
+    o.add_argument("--out", required=True, help="the model folder to write, e.g. models/NAME")
+    o.add_argument("--counts", default=None, help="COUNTS.txt: training images per class, one a line (default: "
+                   "estimated from the estimator's Amount, with a warning)")
+    o.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
+    o.add_argument("--stats", choices=["cifar", "imagenet", "inaturalist"], default=None,
+                   help="normalisation statistics by name (default: the architecture's family)")
+    o.add_argument("--mean", type=float, nargs=3, default=None)
+    o.add_argument("--std", type=float, nargs=3, default=None)
+    o.add_argument("--resize", type=int, default=None, help="shorter side resized to (default: 32 CIFAR, 256 ImageNet)")
+    o.add_argument("--crop", type=int, default=None, help="centre crop (default: 32 CIFAR, 224 ImageNet)")
+    o.add_argument("--alpha", type=float, default=1.0, help="the contrastive loss weight (official default 1.0)")
+    o.add_argument("--server", default="target/release/proco-serve", help="the server binary whose eval fits on --val")
+    o.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
     a = ap.parse_args(argv)
+    if a.cmd == "import-official":
+        from .official import main as import_main
+        return import_main(a)
     if a.cache is None:
         from .data import default_cache
         a.cache = default_cache(a.data)

@@ -49,14 +49,14 @@ def load_model(ckpt_path: str) -> tuple[ExportWrapper, dict]:
     return wrapper, ckpt
 
 
-def export_onnx(wrapper: ExportWrapper, path: str):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    dummy = torch.rand(2, 3, 32, 32)
+def export_onnx(wrapper: ExportWrapper, path: str, size: int = 32):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    dummy = torch.rand(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     torch.onnx.export(wrapper, (dummy,), path, input_names=["image"], output_names=["feature", "logits", "embedding"],
                       dynamic_shapes={"image": {0: batch}}, external_data=False, dynamo=True, verbose=False)
     # Check what ONNX Runtime computes against PyTorch, at a batch size other than the traced one.
-    x = torch.rand(5, 3, 32, 32)
+    x = torch.rand(5 if size <= 64 else 3, 3, size, size)
     with torch.no_grad():
         ref = [t.numpy() for t in wrapper(x)]
     got = onnx_io.session(path).run(None, {"image": x.numpy()})

@@ -1,4 +1,5 @@
-"""ResNet-32 (CIFAR variant) with ProCo's projection head and linear classifier."""
+"""ProCo's networks: ResNet-32 (CIFAR variant) and ResNet-50 / ResNeXt-50 (ImageNet-LT, iNaturalist), each with
+the projection head and the classifier of the official code."""
 from __future__ import annotations
 
 import torch
@@ -77,14 +78,43 @@ class ProCoResNet32(nn.Module):
         return F.normalize(self.head(h), dim=1)
 
 
-class ExportWrapper(nn.Module):
-    """The served graph: image in [0,1] RGB -> (feature z, logits, embedding h)."""
+class ProCoResNet50(nn.Module):
+    """The official ImageNet-LT / iNaturalist model (`ProCo/models/resnext.py`): torchvision's ResNet-50 or
+    ResNeXt-50 32x4d without its fc as the encoder (2048-d h), head MLP(2048-2048-1024) to the unit z, and the
+    cosine classifier NormedLinear(2048, C) (or a plain linear one). Parameter names as the official ones, less
+    DistributedDataParallel's `module.` prefix."""
 
-    def __init__(self, model: ProCoResNet32):
+    def __init__(self, classes: int = 1000, arch: str = "resnet50", feat_dim: int = 1024, normed_fc: bool = True):
+        super().__init__()
+        import torchvision
+
+        build = {"resnet50": torchvision.models.resnet50, "resnext50": torchvision.models.resnext50_32x4d}[arch]
+        self.encoder = build(weights=None)
+        self.encoder.fc = nn.Identity()
+        self.head = nn.Sequential(nn.Linear(2048, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
+                                  nn.Linear(2048, feat_dim))
+        self.fc = NormedLinear(2048, classes) if normed_fc else nn.Linear(2048, classes)
+
+    def embed(self, x):
+        return self.encoder(x)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return h, self.fc(h)
+
+    def project(self, h):
+        return F.normalize(self.head(h), dim=1)
+
+
+class ExportWrapper(nn.Module):
+    """The served graph: image in [0,1] RGB -> (feature z, logits, embedding h); the channel normalisation the
+    model was trained with is part of the graph."""
+
+    def __init__(self, model: nn.Module, mean=MEAN, std=STD):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, image):
         x = (image - self.mean) / self.std

@@ -10,14 +10,18 @@
 //!    are refused before decoding; the decoder also gets an allocation limit;
 //! 4. decode, apply EXIF orientation, convert anything (grey, alpha, 16-bit, palette) to
 //!    RGB8 (alpha is dropped, not composited);
-//! 5. resize as `model.toml` says (shorter side, then centre crop, triangle filter) and
-//!    lay out as CHW float32 in [0, 1] (normalisation is inside the ONNX graph).
+//! 5. resize as `model.toml` says (shorter side, then centre crop: with the bilinear filter
+//!    exactly torchvision's `Resize` + `CenterCrop` on PIL images, see `pil.rs`) and lay out
+//!    as CHW float32 in [0, 1] (normalisation is inside the ONNX graph).
 
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use crate::manifest::{ModelManifest, ResizePolicy};
+
+pub mod dump;
+mod pil;
 
 /// Limits applied to every image.
 #[derive(Clone, Copy, Debug)]
@@ -335,20 +339,26 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, 
     }
 }
 
-/// Resizes as the manifest says: shorter side to the target, then centre crop (or stretch).
+/// Resizes as the manifest says: shorter side to `resize_shorter`, then centre crop (or stretch).
 pub fn resize_for(img: &RgbImage, manifest: &ModelManifest) -> RgbImage {
     let (tw, th) = (manifest.input.width, manifest.input.height);
     let (w, h) = img.dimensions();
-    if (w, h) == (tw, th) {
+    if (w, h) == (tw, th) && manifest.resize_shorter == tw.max(th) {
         return img.clone();
     }
     match manifest.resize {
         ResizePolicy::Stretch => image::imageops::resize(img, tw, th, manifest.filter),
+        ResizePolicy::ShorterSideThenCenterCrop if manifest.pil_bilinear => {
+            pil::resize_then_center_crop(img, manifest.resize_shorter, tw, th)
+        }
         ResizePolicy::ShorterSideThenCenterCrop => {
             // Cut the centre region that "shorter side to the target, then centre crop" keeps
             // from the source first, then resize only that: resizing the whole image first
             // would blow a thin image (1 x 40,000,000 px) up to billions of pixels.
-            let scale = f64::max(tw as f64 / w as f64, th as f64 / h as f64);
+            let scale = f64::max(
+                f64::max(tw as f64 / w as f64, th as f64 / h as f64),
+                manifest.resize_shorter as f64 / w.min(h) as f64,
+            );
             let cw = ((tw as f64 / scale).round() as u32).clamp(1, w);
             let ch = ((th as f64 / scale).round() as u32).clamp(1, h);
             let region = image::imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch);
