@@ -94,7 +94,7 @@ def main():
                 pp = probs(px)
                 row += [f"{np.abs(pp - pr).max():.1e}", "yes" if pp.argmax() == pr.argmax() else "no"]
         rows.append(row)
-    head = ["photo", "size (upright)", "before: max |diff|", "before: pixels differing", "now: max |diff|",
+    head = ["photo", "size (upright)", "before: largest difference", "before: pixels differing", "now: largest difference",
             "now: pixels differing"]
     if sess:
         head += ["before: max softmax change", "before: same top-1", "now: max softmax change", "now: same top-1"]
